@@ -1,0 +1,24 @@
+"""The ``replog`` command line: one click group, one module per sub-command."""
+
+from __future__ import annotations
+
+import click
+
+from replog import __version__
+from replog.cli.check import check
+from replog.cli.data import data
+from replog.cli.sim import sim
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replog")
+def main() -> None:
+    """replog: a replicated log (Raft) for Python.
+
+    Run `replog COMMAND --help` for the details of a command.
+    """
+
+
+main.add_command(sim)
+main.add_command(check)
+main.add_command(data)
