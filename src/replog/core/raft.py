@@ -621,7 +621,8 @@ class RaftNode:
             self._answer_read(PendingRead(0, index, context, requester))
             return
         seq = self._reads.add(index, context, requester)
-        self._seq_tick[seq] = self._ticks
+        if self.config.lease_reads:
+            self._seq_tick[seq] = self._ticks
         self._broadcast_heartbeat(seq)
 
     def _on_commit_in_term(self) -> None:
@@ -644,7 +645,8 @@ class RaftNode:
     def _next_read_seq(self) -> int:
         """Every heartbeat round carries a fresh sequence number, so it can confirm reads."""
         seq = self._reads.add_round()
-        self._seq_tick[seq] = self._ticks
+        if self.config.lease_reads:
+            self._seq_tick[seq] = self._ticks
         return seq
 
     # ---- leases ------------------------------------------------------------------------------
@@ -654,7 +656,8 @@ class RaftNode:
         if sent_tick is not None and sent_tick > self._ack_tick.get(member, -1):
             self._ack_tick[member] = sent_tick
         if len(self._seq_tick) > 4 * self.config.election_timeout_ticks + 1024:
-            oldest = min(self._ack_tick.values(), default=self._ticks)
+            # A heartbeat sent over an election timeout ago can no longer support a lease.
+            oldest = self._ticks - self.config.election_timeout_ticks
             self._seq_tick = {s: t for s, t in self._seq_tick.items() if t >= oldest}
 
     def _lease_valid(self) -> bool:
@@ -707,14 +710,15 @@ class RaftNode:
         self._msgs.append(m)
 
     def _flush(self) -> None:
+        if self._forward:
+            waiting, self._forward = tuple(self._forward), []
+            if self.role is Role.LEADER:
+                self._step_leader(ForwardProposal(self.term, self.node_id, self.node_id, waiting))
+            elif self.leader_id != NO_NODE:
+                self._send(ForwardProposal(self.term, self.node_id, self.leader_id, waiting))
         if self._broadcast_pending and self.role is Role.LEADER:
             self._broadcast_append()
         self._broadcast_pending = False
-        if self._forward:
-            if self.leader_id not in (NO_NODE, self.node_id):
-                data = tuple(self._forward)
-                self._send(ForwardProposal(self.term, self.node_id, self.leader_id, data))
-            self._forward = []
 
     def _apply_from(self) -> int:
         pending = self.log.pending_snapshot
