@@ -1,0 +1,519 @@
+"""A simulated Raft cluster: nodes, their Ready loops, crashes and restarts, on a fake network.
+
+Theory of operation
+-------------------
+A ``SimNode`` is what one server process would be: a ``RaftNode`` (volatile, lost on a crash),
+a ``DurableStore`` (survives crashes), a ``KvMachine`` (volatile, rebuilt from the stored
+snapshot and the log after a restart), and the requests of clients waiting on this node.
+
+``Cluster`` drives every node the way the server runtime will. Each input (a tick, a message,
+a proposal, a read) is followed by ``_drive``, the Ready loop in the contract's order:
+
+1. ``store.save(ready)``: hard state, snapshot, entries, durable when it returns;
+2. hand ``ready.messages`` to the simulated network;
+3. restore the snapshot into the state machine, apply the committed entries in order, note
+   the read states;
+4. ``advance(ready)``,
+
+then serves reads whose index is applied and takes a snapshot every ``snapshot_interval``
+applied entries (``compact`` keeps ``keep_entries`` behind it). The safety checkers watch each
+step: what is written (leader append-only, log matching, durable log rules), what is applied
+(state machine safety, provenance, leader completeness), what is acknowledged (durable on a
+majority at that instant), and after each input the node's term, commit index and role
+(election safety, monotonic term and commit, durable == memory).
+
+A crash drops the ``RaftNode``, the state machine and every waiting request (writes become
+``info``: they may still commit; reads ``fail``: they had no effect); a restart builds a new
+``RaftNode`` from ``store.crash_and_recover()`` with a fresh generator drawn from the seed.
+Ticks carry the node's life number, so a tick scheduled before a crash never reaches the next
+life. A paused node neither ticks nor takes messages or requests until it resumes; whatever
+reaches it meanwhile waits. Nodes never call back into a client synchronously from inside a
+``RaftNode`` call: replies only record history and schedule events.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from replog.core import RaftConfig, RaftNode
+from replog.core.errors import ProposalError, ReplogError
+from replog.core.types import (
+    Configuration,
+    Entry,
+    EntryKind,
+    Message,
+    PersistentState,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from replog.testing.durable import DurableStore, MemoryStore
+from replog.testing.events import EventQueue, Trace
+from replog.testing.faults import FaultPlan, link_params
+from replog.testing.invariants import InvariantViolation, SafetyChecker
+from replog.testing.network import Link, SimNetwork, describe
+from replog.testing.simkv import Command, KvMachine, decode_command, encode_command, image_digest
+
+READY_ROUNDS_MAX = 64  # a node must settle within this many Ready batches per input
+REQUESTS_PER_NODE_MAX = 512  # waiting client requests a node remembers
+
+
+class Request(Protocol):
+    """A client's request as a node sees it: still waited for, and how to answer it."""
+
+    @property
+    def open(self) -> bool: ...
+
+    def finish(self, outcome: str, value: int | None) -> None:
+        """``outcome`` is "ok", "fail" or "info"; ``value`` is a read's result."""
+
+
+@dataclass(slots=True)
+class PendingRead:
+    key: str
+    request: Request
+    index: int | None = None  # known once the node's read state arrives
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Timing of the simulated nodes."""
+
+    nodes: int = 3
+    tick_ms: int = 10
+    election_timeout_ticks: int = 10
+    heartbeat_interval_ticks: int = 2
+    max_message_bytes: int = 16 << 10
+
+    def raft_config(self, node_id: int) -> RaftConfig:
+        return RaftConfig(
+            node_id=node_id,
+            election_timeout_ticks=self.election_timeout_ticks,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+
+class SimNode:
+    """One simulated server: the volatile RaftNode and state machine, the durable store."""
+
+    def __init__(self, node_id: int, store: DurableStore) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.raft: RaftNode | None = None
+        self.kv = KvMachine()
+        self.life = 0
+        self.paused_until = 0
+        self.applied_term = 0  # term of the entry at kv.applied_index
+        self.snapshot_index = 0  # index of the last snapshot taken or restored
+        self.tick_interval_ms = 10
+        self.seen: tuple[Role, int, int] | None = None  # (role, term, leader) last traced
+        self.proposals: dict[str, Request] = {}
+        self.reads: dict[bytes, PendingRead] = {}
+
+    def describe(self) -> str:
+        raft = self.raft
+        if raft is None:
+            return f"n{self.node_id} down (store last index {self.store.last_index})"
+        return (
+            f"n{self.node_id} {raft.role.value} term={raft.term} leader={raft.leader_id} "
+            f"last={raft.last_index} commit={raft.commit_index} applied={raft.applied_index}"
+        )
+
+
+StoreFactory = Callable[[int], DurableStore]
+
+
+class Cluster:
+    """The simulated nodes, the network between them, and the checkers watching them."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        plan: FaultPlan,
+        rng: random.Random,
+        *,
+        queue: EventQueue,
+        trace: Trace,
+        faults: collections.Counter[str],
+        checker: SafetyChecker,
+        store_factory: StoreFactory = MemoryStore,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.node_ids = tuple(range(1, settings.nodes + 1))
+        self.membership = Configuration(voters=frozenset(self.node_ids))
+        self._boot_rng = random.Random(rng.getrandbits(64))
+        self._clock_rng = random.Random(rng.getrandbits(64))
+        network_rng = random.Random(rng.getrandbits(64))
+        self.queue = queue
+        self.trace = trace
+        self.faults = faults
+        self.checker = checker
+        self.nodes = {n: SimNode(n, store_factory(n)) for n in self.node_ids}
+        self.network = SimNetwork(
+            self.node_ids,
+            network_rng,
+            queue=queue,
+            trace=trace,
+            faults=faults,
+            deliver=self._deliver,
+        )
+        self.network.set_links(link_params(plan, network_rng, self.node_ids))
+        self.snapshots_taken = 0
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            drift = self._clock_rng.randint(-1, 1) if self.plan.tick_jitter_ms else 0
+            node.tick_interval_ms = max(2, self.settings.tick_ms + drift)
+            self._boot(node, PersistentState())
+
+    def is_up(self, node_id: int) -> bool:
+        return self.nodes[node_id].raft is not None
+
+    def leader(self) -> int | None:
+        """The live leader of the highest term, if any."""
+        best: tuple[int, int] | None = None
+        for node in self.nodes.values():
+            raft = node.raft
+            if (
+                raft is not None
+                and raft.role is Role.LEADER
+                and (best is None or raft.term > best[0])
+            ):
+                best = (raft.term, node.node_id)
+        return None if best is None else best[1]
+
+    def crash(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.raft is None:
+            return
+        node.raft = None
+        node.life += 1
+        node.paused_until = 0
+        self.checker.append_only.stepped_down(node_id)
+        self.trace.record(f"n{node_id} CRASH (durable last index {node.store.last_index})")
+        proposals, reads = node.proposals, node.reads
+        node.proposals, node.reads = {}, {}
+        for request in proposals.values():
+            request.finish("info", None)
+        for read in reads.values():
+            read.request.finish("fail", None)
+
+    def restart(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.raft is not None:
+            return
+        state = node.store.crash_and_recover()
+        self.trace.record(
+            f"n{node_id} RESTART term={state.hard_state.term}"
+            f" commit={state.hard_state.commit_index}"
+            f" snapshot={state.snapshot.meta.index if state.snapshot else 0}"
+            f" entries={len(state.entries)}"
+        )
+        self._boot(node, state)
+
+    def pause(self, node_id: int, duration_ms: int) -> None:
+        node = self.nodes[node_id]
+        node.paused_until = max(node.paused_until, self.queue.now + duration_ms)
+        self.trace.record(f"n{node_id} PAUSE until {node.paused_until}ms")
+
+    def transfer_leader(self, leader: int, to: int) -> None:
+        raft = self.nodes[leader].raft
+        if raft is None or self._paused(self.nodes[leader]):
+            return
+        self.trace.record(f"n{leader} TRANSFER leadership to n{to}")
+        try:
+            raft.transfer_leader(to)
+        except ReplogError as error:
+            self.trace.record(f"n{leader} transfer refused: {error}")
+            return
+        self._after_input(self.nodes[leader])
+
+    def partition(self, blocked: frozenset[Link], description: str) -> None:
+        self.trace.record(f"PARTITION {description}")
+        self.network.partition(blocked)
+
+    def heal(self) -> None:
+        self.trace.record("HEAL")
+        self.network.heal()
+
+    def repair(self) -> None:
+        """End of the safety phase: heal, calm the network, resume and restart every node."""
+        self.trace.record("REPAIR: heal, calm links, resume and restart every node")
+        self.network.heal()
+        self.network.calm()
+        for node in self.nodes.values():
+            node.paused_until = 0
+            if node.raft is None:
+                self.restart(node.node_id)
+
+    def _boot(self, node: SimNode, state: PersistentState) -> None:
+        rng = random.Random(self._boot_rng.getrandbits(64))
+        config = self.settings.raft_config(node.node_id)
+        node.raft = RaftNode(config, self.membership, rng, state)
+        node.kv = KvMachine()
+        node.snapshot_index = node.applied_term = 0
+        if state.snapshot is not None:
+            self._restore_image(node, state.snapshot)
+        raft = node.raft
+        self.checker.state_machine.started(node.node_id, node.snapshot_index)
+        self.checker.commits.started(node.node_id, raft.commit_index, node.snapshot_index)
+        node.seen = None
+        life = node.life
+        self.queue.after(self._tick_delay(node), functools.partial(self._tick, node.node_id, life))
+        self._after_input(node)
+
+    # ---- client requests -------------------------------------------------------------------
+
+    def propose(self, node_id: int, command: Command, request: Request) -> None:
+        node = self.nodes[node_id]
+        if not request.open:
+            return
+        if node.raft is None:
+            request.finish("fail", None)  # connection refused: it never reached the log
+            return
+        if self._paused(node):
+            retry = functools.partial(self.propose, node_id, command, request)
+            self.queue.schedule(node.paused_until, retry)
+            return
+        try:
+            node.raft.propose(encode_command(command))
+        except ProposalError:
+            request.finish("fail", None)
+            return
+        self._remember(node.proposals, command.id, request)
+        self._after_input(node)
+
+    def read(self, node_id: int, key: str, context: bytes, request: Request) -> None:
+        node = self.nodes[node_id]
+        if not request.open:
+            return
+        if node.raft is None:
+            request.finish("fail", None)
+            return
+        if self._paused(node):
+            retry = functools.partial(self.read, node_id, key, context, request)
+            self.queue.schedule(node.paused_until, retry)
+            return
+        try:
+            node.raft.read_index(context)
+        except ProposalError:
+            request.finish("fail", None)
+            return
+        self._remember_read(node.reads, context, PendingRead(key, request))
+        self._after_input(node)
+
+    @staticmethod
+    def _remember(table: dict[str, Request], key: str, request: Request) -> None:
+        if len(table) >= REQUESTS_PER_NODE_MAX:
+            for closed in [k for k, r in table.items() if not r.open]:
+                del table[closed]
+            assert len(table) < REQUESTS_PER_NODE_MAX, "too many open requests on one node"
+        table[key] = request
+
+    @staticmethod
+    def _remember_read(table: dict[bytes, PendingRead], key: bytes, read: PendingRead) -> None:
+        if len(table) >= REQUESTS_PER_NODE_MAX:
+            for closed in [k for k, r in table.items() if not r.request.open]:
+                del table[closed]
+            assert len(table) < REQUESTS_PER_NODE_MAX, "too many open reads on one node"
+        table[key] = read
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def _tick_delay(self, node: SimNode) -> int:
+        jitter = self.plan.tick_jitter_ms
+        delay = node.tick_interval_ms
+        if jitter:
+            delay += self._clock_rng.randint(-jitter, jitter)
+        return max(1, delay)
+
+    def _paused(self, node: SimNode) -> bool:
+        return node.paused_until > self.queue.now
+
+    def _tick(self, node_id: int, life: int) -> None:
+        node = self.nodes[node_id]
+        if node.life != life or node.raft is None:
+            return
+        self.queue.after(self._tick_delay(node), functools.partial(self._tick, node_id, life))
+        if self._paused(node):
+            return
+        node.raft.tick()
+        self._after_input(node)
+
+    def _deliver(self, message: Message) -> None:
+        node = self.nodes[message.receiver]
+        text = f"n{message.sender}->n{message.receiver} {describe(message)}"
+        if node.raft is None:
+            self.trace.record(f"{text} (receiver down)")
+            return
+        if self._paused(node):
+            self.queue.schedule(node.paused_until, functools.partial(self._deliver, message))
+            return
+        self.trace.record(text)
+        node.raft.step(message)
+        self._after_input(node)
+
+    # ---- the Ready loop ------------------------------------------------------------------------
+
+    def _after_input(self, node: SimNode) -> None:
+        raft = node.raft
+        assert raft is not None
+        for _ in range(READY_ROUNDS_MAX):
+            if not raft.has_ready():
+                break
+            ready = raft.ready()
+            self._persist(node, raft, ready)
+            for message in ready.messages:
+                self.network.send(message)
+            self._apply(node, raft, ready)
+            raft.advance(ready)
+        else:
+            raise InvariantViolation(
+                "ready settles",
+                f"still has a Ready after {READY_ROUNDS_MAX} rounds for one input",
+                node=node.node_id,
+            )
+        self._serve_reads(node)
+        self._maybe_snapshot(node, raft)
+        self._observe(node, raft)
+
+    def _persist(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
+        store = node.store
+        checker = self.checker
+        is_leader = ready.soft_state.role is Role.LEADER
+        checker.append_only.observe_write(
+            node.node_id,
+            raft.term,
+            is_leader=is_leader,
+            durable_last_index=store.last_index,
+            entries=ready.entries,
+            has_snapshot=ready.snapshot is not None,
+        )
+        if ready.hard_state is not None:
+            checker.terms.observe(node.node_id, ready.hard_state.term)
+        store.save(ready)
+        if ready.entries:
+            prev_term = store.term_at(ready.entries[0].index - 1)
+            assert prev_term is not None
+            checker.log_matching.observe_write(node.node_id, prev_term, ready.entries)
+
+    def _apply(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.checker.state_machine.observe_restore(node.node_id, ready.snapshot.meta.index)
+            self.trace.record(f"n{node.node_id} installs snapshot at {ready.snapshot.meta.index}")
+            self._restore_image(node, ready.snapshot)
+            self._settle_from_outcomes(node)
+        for entry in ready.committed_entries:
+            self.checker.state_machine.observe_apply(node.node_id, entry)
+            self.checker.completeness.observe_committed(entry.index, entry.term, raft.term)
+            if entry.kind is EntryKind.NORMAL:
+                self._apply_command(node, entry)
+            else:
+                node.kv.skip(entry.index)
+            node.applied_term = entry.term
+        for read_state in ready.read_states:
+            pending = node.reads.get(read_state.context)
+            if pending is not None:
+                pending.index = read_state.index
+
+    def _apply_command(self, node: SimNode, entry: Entry) -> None:
+        command = decode_command(entry.data)
+        self.checker.provenance.observe_applied(
+            node.node_id, entry.index, None if command is None else command.id
+        )
+        assert command is not None
+        ok = node.kv.apply(entry.index, command)
+        request = node.proposals.pop(command.id, None)
+        if request is None or not request.open:
+            return
+        stores = [n.store for n in self.nodes.values()]
+        self.checker.acks.observe_ack(node.node_id, entry.index, entry.term, stores, len(stores))
+        request.finish("ok" if ok else "fail", None)
+
+    def _restore_image(self, node: SimNode, snapshot: Snapshot) -> None:
+        node.kv.restore(snapshot.data)
+        meta = snapshot.meta
+        if node.kv.applied_index != meta.index:
+            raise InvariantViolation(
+                "state machine safety",
+                f"snapshot at {meta.index} holds a state machine image of index "
+                f"{node.kv.applied_index}",
+                node=node.node_id,
+                index=meta.index,
+            )
+        self.checker.state_machine.observe_image(
+            node.node_id, meta.index, image_digest(snapshot.data)
+        )
+        node.applied_term = meta.term
+        node.snapshot_index = meta.index
+
+    def _settle_from_outcomes(self, node: SimNode) -> None:
+        """Requests whose command was applied inside a snapshot learn their outcome from it."""
+        for command_id in [c for c in node.proposals if c in node.kv.outcomes]:
+            request = node.proposals.pop(command_id)
+            if request.open:
+                request.finish("ok" if node.kv.outcomes[command_id] else "fail", None)
+
+    def _serve_reads(self, node: SimNode) -> None:
+        applied = node.kv.applied_index
+        ready = [c for c, p in node.reads.items() if p.index is not None and p.index <= applied]
+        for context in ready:
+            pending = node.reads.pop(context)
+            if pending.request.open:
+                pending.request.finish("ok", node.kv.read(pending.key))
+
+    def _maybe_snapshot(self, node: SimNode, raft: RaftNode) -> None:
+        applied = node.kv.applied_index
+        if applied - node.snapshot_index < self.plan.snapshot_interval:
+            return
+        meta = SnapshotMeta(applied, node.applied_term, raft.membership)
+        snapshot = Snapshot(meta, node.kv.snapshot_data())
+        node.store.save_snapshot(snapshot)
+        raft.compact(snapshot, keep_entries=self.plan.keep_entries)
+        node.snapshot_index = applied
+        self.snapshots_taken += 1
+        self.checker.state_machine.observe_image(node.node_id, applied, image_digest(snapshot.data))
+
+    def _observe(self, node: SimNode, raft: RaftNode) -> None:
+        checker = self.checker
+        node_id = node.node_id
+        checker.terms.observe(node_id, raft.term)
+        checker.commits.observe(node_id, raft.commit_index)
+        memory = (raft.term, raft.voted_for, raft.last_index, raft.last_term)
+        checker.durable.observe(node_id, memory, node.store.durable_tuple())
+        if raft.applied_index != node.kv.applied_index:
+            raise InvariantViolation(
+                "state machine safety",
+                f"the core says applied {raft.applied_index}, the state machine is at "
+                f"{node.kv.applied_index}",
+                node=node_id,
+            )
+        seen = (raft.role, raft.term, raft.leader_id)
+        if seen == node.seen:
+            return
+        node.seen = seen
+        self.trace.record(
+            f"n{node_id} is {raft.role.value} of term {raft.term} (leader n{raft.leader_id})"
+        )
+        if raft.role is Role.LEADER and checker.election.observe_leader(node_id, raft.term):
+            checker.completeness.check_leader(
+                node_id, raft.term, raft.first_index, _term_reader(raft)
+            )
+
+
+def _term_reader(raft: RaftNode) -> Callable[[int], int | None]:
+    def term_at(index: int) -> int | None:
+        entry = raft.entry(index)
+        return None if entry is None else entry.term
+
+    return term_at
