@@ -2,12 +2,16 @@
 
 It follows the Ready contract literally (persist, send, apply, advance) so tests read like
 transcripts: tick, deliver, assert.
+
+Besides delivering everything in rounds (``deliver``), a test can build nodes from hand-made
+persistent state (``states=``), take messages off the queue (``take``) and hand them over one
+at a time (``send``), which is how the situations of the paper's figures are staged.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from replog.core import (
@@ -25,13 +29,25 @@ from replog.core import (
 )
 
 
+def log_of_terms(*terms: int) -> tuple[Entry, ...]:
+    """A log whose entry at index k + 1 has term ``terms[k]``."""
+    return tuple(Entry(index, term) for index, term in enumerate(terms, start=1))
+
+
+def persisted(term: int, *log_terms: int, voted_for: int = 0, commit: int = 0) -> PersistentState:
+    """Durable state of a node at ``term`` holding a log with the given entry terms."""
+    return PersistentState(HardState(term, voted_for, commit), None, log_of_terms(*log_terms))
+
+
 @dataclass
 class Durable:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot | None = None
     entries: list[Entry] = field(default_factory=list)
 
-    def save(self, hard: HardState | None, snapshot: Snapshot | None, entries: tuple[Entry, ...]) -> None:
+    def save(
+        self, hard: HardState | None, snapshot: Snapshot | None, entries: tuple[Entry, ...]
+    ) -> None:
         if hard is not None:
             self.hard_state = hard
         if snapshot is not None:
@@ -46,17 +62,26 @@ class Durable:
 
 
 class Cluster:
-    def __init__(self, ids: list[int], seed: int = 1, **config: object) -> None:
+    def __init__(
+        self,
+        ids: list[int],
+        seed: int = 1,
+        states: Mapping[int, PersistentState] | None = None,
+        **config: object,
+    ) -> None:
         self.membership = Configuration(voters=frozenset(ids))
         self.config = config
         self.rng = random.Random(seed)
         self.durable = {i: Durable() for i in ids}
+        for i, state in (states or {}).items():
+            self.durable[i] = Durable(state.hard_state, state.snapshot, list(state.entries))
         self.nodes = {i: self._make(i) for i in ids}
         self.applied: dict[int, list[Entry]] = {i: [] for i in ids}
         self.reads: dict[int, list[ReadState]] = {i: [] for i in ids}
         self.queue: list[Message] = []
         self.down: set[int] = set()
         self.drop: Callable[[Message], bool] = lambda m: False
+        self.sent: list[Message] = []  # every message any node handed over, in order
 
     def _make(self, node_id: int) -> RaftNode:
         cfg = RaftConfig(node_id=node_id, **self.config)  # type: ignore[arg-type]
@@ -76,8 +101,10 @@ class Cluster:
                 rd = node.ready()
                 self.durable[node_id].save(rd.hard_state, rd.snapshot, rd.entries)
                 self.queue.extend(rd.messages)
+                self.sent.extend(rd.messages)
                 if rd.snapshot is not None:
-                    self.applied[node_id] = [Entry(rd.snapshot.meta.index, rd.snapshot.meta.term, EntryKind.NOOP)]
+                    meta = rd.snapshot.meta
+                    self.applied[node_id] = [Entry(meta.index, meta.term, EntryKind.NOOP)]
                 self.applied[node_id].extend(rd.committed_entries)
                 self.reads[node_id].extend(rd.read_states)
                 node.advance(rd)
@@ -116,3 +143,31 @@ class Cluster:
 
     def data(self, node_id: int) -> list[bytes]:
         return [e.data for e in self.applied[node_id] if e.kind is EntryKind.NORMAL]
+
+    # ---- finer control, for staging precise situations ----------------------------------------
+
+    def take(self, match: Callable[[Message], bool] = lambda m: True) -> list[Message]:
+        """Collect pending effects, then remove and return the queued messages that ``match``."""
+        self.process()
+        taken = [m for m in self.queue if match(m)]
+        self.queue = [m for m in self.queue if not match(m)]
+        return taken
+
+    def send(self, *messages: Message) -> None:
+        """Hand ``messages`` to their receivers in order (ignoring ``drop`` and ``down``), then
+        collect the effects. Whatever they cause stays queued for the test to inspect."""
+        for m in messages:
+            self.nodes[m.receiver].step(m)
+            self.process()
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Drop every message between nodes of different groups (unlisted nodes are alone)."""
+        side = {node_id: k for k, group in enumerate(groups) for node_id in group}
+        self.drop = lambda m: side.get(m.sender, -m.sender) != side.get(m.receiver, -m.receiver)
+
+    def heal(self) -> None:
+        self.drop = lambda m: False
+
+    def log_terms(self, node_id: int) -> list[int]:
+        node = self.nodes[node_id]
+        return [e.term for e in node.entries(node.first_index, node.last_index + 1)]
