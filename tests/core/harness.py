@@ -24,6 +24,8 @@ from replog.core import (
     RaftConfig,
     RaftNode,
     ReadState,
+    RequestVote,
+    RequestVoteResponse,
     Role,
     Snapshot,
 )
@@ -37,6 +39,21 @@ def log_of_terms(*terms: int) -> tuple[Entry, ...]:
 def persisted(term: int, *log_terms: int, voted_for: int = 0, commit: int = 0) -> PersistentState:
     """Durable state of a node at ``term`` holding a log with the given entry terms."""
     return PersistentState(HardState(term, voted_for, commit), None, log_of_terms(*log_terms))
+
+
+def is_msg(
+    kind: type | tuple[type, ...], sender: int | None = None, receiver: int | None = None
+) -> Callable[[Message], bool]:
+    """A predicate for ``Cluster.take``: messages of ``kind`` between the given nodes."""
+
+    def match(m: Message) -> bool:
+        return (
+            isinstance(m, kind)
+            and (sender is None or m.sender == sender)
+            and (receiver is None or m.receiver == receiver)
+        )
+
+    return match
 
 
 @dataclass
@@ -159,6 +176,19 @@ class Cluster:
         for m in messages:
             self.nodes[m.receiver].step(m)
             self.process()
+
+    def elect_by_hand(self, candidate: int, *voters: int) -> RaftNode:
+        """``candidate`` campaigns and hears only from ``voters`` (through a pre-vote round
+        too, when configured). Everything else it sends stays queued for the test."""
+        node = self.nodes[candidate]
+        node.campaign()
+        while node.role is not Role.LEADER:
+            requests = self.take(lambda m: isinstance(m, RequestVote) and m.receiver in voters)
+            assert requests, f"node {candidate} cannot win with the votes of {voters}"
+            self.send(*requests)
+            self.send(*self.take(is_msg(RequestVoteResponse, receiver=candidate)))
+        self.take(is_msg(RequestVote, sender=candidate))  # requests to the others are lost
+        return node
 
     def partition(self, *groups: Iterable[int]) -> None:
         """Drop every message between nodes of different groups (unlisted nodes are alone)."""
