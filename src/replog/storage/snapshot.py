@@ -1,0 +1,160 @@
+"""Snapshot files, and the policy that says when to take one.
+
+Theory of operation. A snapshot is the state machine's image covering every entry up to
+``meta.index`` (Raft section 7). The caller serializes the state machine; this module only
+stores bytes. One file per snapshot, ``snap-<index>-<term>.snap``:
+
+    record SNAPSHOT (record.py framing): index, term, membership configuration, the number of
+    data bytes and their CRC-32C, plus the directory's cluster id and node id
+    the data bytes, exactly as many as announced
+
+A file is written as ``.tmp``, fsynced, renamed into place and the directory fsynced, so a
+crash leaves either no file or a complete one. A file is trusted only if its header record
+passes its checksum, its name matches the header, the size is exact and the data checksum
+holds; otherwise it is reported as damaged and recovery falls back to the next older one
+(which is why the newest ``SNAPSHOTS_KEPT`` files are kept, not just one). Snapshot data is
+read whole into memory and bounded by ``snapshot_bytes_max``.
+
+``SnapshotPolicy`` is consulted by the server (or the simulator) after applying entries: take
+a snapshot when enough entries were applied since the last one, or when the log holds too many
+bytes; ``keep_entries`` is the trailing window left in the log for slow followers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import crc32c
+
+from replog.core.types import Configuration, Snapshot, SnapshotMeta
+from replog.storage.disk import Disk
+from replog.storage.errors import FormatTooNew
+from replog.storage.layout import (
+    Identity,
+    SnapshotName,
+    read_file,
+    snapshot_name,
+    write_atomically,
+)
+from replog.storage.record import (
+    FORMAT_VERSION,
+    SNAPSHOT_MAGIC,
+    Defect,
+    RecordType,
+    SnapshotHeader,
+    decode_snapshot_header,
+    encode,
+    frame,
+    peek_version,
+    read_frame,
+)
+
+SNAPSHOTS_KEPT = 2
+SNAPSHOT_HEADER_BYTES_MAX = 1 << 20
+
+
+def encode_snapshot_header(identity: Identity, snapshot: Snapshot) -> bytes:
+    meta = snapshot.meta
+    config = meta.config
+    header = SnapshotHeader(
+        SNAPSHOT_MAGIC,
+        FORMAT_VERSION,
+        identity.cluster_id,
+        identity.node_id,
+        meta.index,
+        meta.term,
+        sorted(config.voters),
+        sorted(config.voters_outgoing),
+        sorted(config.learners),
+        len(snapshot.data),
+        crc32c.crc32c(snapshot.data),
+    )
+    return frame(RecordType.SNAPSHOT, encode(header))
+
+
+def write_snapshot(disk: Disk, directory: str, identity: Identity, snapshot: Snapshot) -> str:
+    """Write ``snapshot`` durably (tmp, fsync, rename, fsync dir); returns the file name."""
+    meta = snapshot.meta
+    assert meta.index >= 1 and meta.term >= 1, "a snapshot covers at least one entry"
+    name = snapshot_name(meta.index, meta.term)
+    header = encode_snapshot_header(identity, snapshot)
+    write_atomically(disk, directory, name, [header, snapshot.data])
+    return name
+
+
+def read_snapshot(
+    disk: Disk, directory: str, name: SnapshotName, identity: Identity, bytes_max: int
+) -> Snapshot | str:
+    """The snapshot in file ``name``, or a sentence saying what is wrong with it."""
+    path = os.path.join(directory, name.name)
+    data = read_file(disk, path, bytes_max + SNAPSHOT_HEADER_BYTES_MAX)
+    if data is None:
+        return f"larger than the limit of {bytes_max} data bytes"
+    found = read_frame(data, 0)
+    if isinstance(found, Defect):
+        return f"header record: {found.value}"
+    if found.rtype != RecordType.SNAPSHOT or found.flags != 0:
+        return "first record is not a snapshot header"
+    version = peek_version(found.body, SNAPSHOT_MAGIC)
+    if isinstance(version, str):
+        return version
+    if version > FORMAT_VERSION:
+        raise FormatTooNew(path, version, FORMAT_VERSION)
+    header = decode_snapshot_header(found.body)
+    if isinstance(header, str):
+        return header
+    problem = _check_header(header, name, identity, len(data) - found.end)
+    if problem:
+        return problem
+    payload = data[found.end :]
+    if crc32c.crc32c(payload) != header.data_crc:
+        return "data checksum mismatch"
+    config = Configuration(
+        frozenset(header.voters), frozenset(header.voters_outgoing), frozenset(header.learners)
+    )
+    return Snapshot(SnapshotMeta(header.index, header.term, config), payload)
+
+
+def _check_header(header: SnapshotHeader, name: SnapshotName, identity: Identity, rest: int) -> str:
+    if (header.cluster_id, header.node_id) != (identity.cluster_id, identity.node_id):
+        return f"belongs to cluster {header.cluster_id!r} node {header.node_id}"
+    if (header.index, header.term) != (name.index, name.term):
+        return f"header says index {header.index} term {header.term}, unlike its name"
+    if rest != header.data_bytes:
+        return f"holds {rest} data bytes, header announces {header.data_bytes}"
+    return ""
+
+
+def prune_snapshots(
+    disk: Disk, directory: str, snapshots: list[SnapshotName], keep: int = SNAPSHOTS_KEPT
+) -> list[SnapshotName]:
+    """Remove all but the newest ``keep`` snapshot files (by index); returns the survivors.
+    The caller fsyncs the directory."""
+    assert keep >= 1
+    ordered = sorted(snapshots, key=lambda s: (s.index, s.term))
+    for old in ordered[:-keep]:
+        disk.remove(os.path.join(directory, old.name))
+    return ordered[-keep:]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When to snapshot: after ``entries_max`` applied entries since the last snapshot, or once
+    the log holds ``log_bytes_max`` bytes, but never for fewer than ``entries_min`` new
+    entries (the trailing window alone can exceed the byte limit; this stops thrashing)."""
+
+    entries_max: int = 10_000
+    log_bytes_max: int = 256 << 20
+    entries_min: int = 64
+    keep_entries: int = 1_000  # entries left in the log behind a snapshot, for slow followers
+
+    def __post_init__(self) -> None:
+        assert self.entries_max >= 1 and self.entries_min >= 1 and self.log_bytes_max >= 1
+        assert self.keep_entries >= 0
+
+    def should_snapshot(self, *, applied_index: int, snapshot_index: int, log_bytes: int) -> bool:
+        fresh = applied_index - snapshot_index
+        if fresh < self.entries_min:
+            return False
+        return fresh >= self.entries_max or log_bytes >= self.log_bytes_max

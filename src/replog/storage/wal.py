@@ -1,0 +1,241 @@
+"""The segmented write-ahead log: group commit, rollover, compaction, reading entries back.
+
+Theory of operation. The WAL is a numbered sequence of segment files (``layout.py`` names
+them); only the last one, the *active* segment, is ever written, and only at its end. One
+``write_batch`` call is one Ready batch: its records (``record.encode_batch``: entries, an
+optional snapshot mark, the hard state in the final part) are encoded into ONE buffer, written
+with ONE append and made durable with ONE fsync; when the batch opened a new segment the
+directory is fsynced too, so the new name survives a crash. The in-memory state (``index``,
+``hard_state``, ``next_batch``) changes only after that fsync returned, so it never runs ahead
+of the disk.
+
+Rollover: before a batch that would push a non-empty active segment past ``segment_bytes``,
+the batch goes into a new segment instead, whose header record (written in the same buffer)
+states where the log stands: first index, term before it, next batch number and hard state.
+A segment may therefore exceed ``segment_bytes`` by one batch.
+
+Compaction deletes whole segments, oldest first, whose live entries all lie at or below the
+compaction point, never the active one; each removal is followed by a directory fsync so the
+surviving segments always stay a gap-free run of numbers, whatever the crash.
+
+Invariants: segment numbers are consecutive; ``index`` holds exactly the live log of the
+durable records; every batch in segment k was fsynced before segment k + 1 was created.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from replog.core.types import Entry, HardState
+from replog.storage.disk import Disk, DiskFile, OpenMode
+from replog.storage.errors import CorruptionError
+from replog.storage.layout import Identity, segment_name
+from replog.storage.logindex import LogIndex, Run
+from replog.storage.record import (
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    PART_BYTES_TARGET,
+    WAL_MAGIC,
+    BatchPart,
+    Defect,
+    PartLocation,
+    RecordType,
+    SegmentHeader,
+    decode_batch_part,
+    encode,
+    encode_batch,
+    frame,
+    read_frame,
+)
+
+SEGMENT_BYTES_DEFAULT = 64 << 20
+SEGMENT_BYTES_MIN = 4 << 10
+
+
+@dataclass(slots=True)
+class Segment:
+    seq: int
+    first_index: int
+    size: int
+    header_bytes: int  # 0 when unknown (a segment found at recovery)
+
+    @property
+    def name(self) -> str:
+        return segment_name(self.seq, self.first_index)
+
+
+class Wal:
+    def __init__(
+        self,
+        disk: Disk,
+        directory: str,
+        identity: Identity,
+        segment_bytes: int,
+        *,
+        part_bytes: int = PART_BYTES_TARGET,
+        index: LogIndex,
+        hard_state: HardState,
+        next_batch: int,
+        segments: list[Segment],
+    ) -> None:
+        assert segment_bytes >= SEGMENT_BYTES_MIN
+        self.disk = disk
+        self.directory = directory
+        self.identity = identity
+        self.segment_bytes = segment_bytes
+        self.part_bytes = part_bytes
+        self.index = index
+        self.hard_state = hard_state
+        self.next_batch = next_batch
+        self.segments = segments
+        self._active: DiskFile | None = None
+
+    def path(self, segment: Segment) -> str:
+        return os.path.join(self.directory, segment.name)
+
+    @property
+    def log_bytes(self) -> int:
+        return sum(segment.size for segment in self.segments)
+
+    def close(self) -> None:
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        hard_state: HardState,
+        entries: Sequence[Entry],
+        mark: tuple[int, int, bool] | None,
+    ) -> None:
+        """Append one batch durably (one write, one fsync). Raises ``OSError`` with the
+        in-memory state unchanged; the caller must then stop writing."""
+        buffer, locations = encode_batch(
+            self.next_batch, hard_state, entries, mark, self.part_bytes
+        )
+        active = self.segments[-1] if self.segments else None
+        if active is None or self._is_full(active, len(buffer)):
+            segment, header = self._new_segment()
+            handle = self.disk.open(self.path(segment), OpenMode.CREATE)
+            try:
+                handle.append(header + buffer)
+                handle.fsync()
+                self.disk.fsync_dir(self.directory)
+            except BaseException:
+                handle.close()
+                raise
+            self.close()
+            self._active = handle
+            self.segments.append(segment)
+            base = len(header)
+        else:
+            handle = self._active_handle(active)
+            base = handle.append(buffer)
+            handle.fsync()
+            segment = active
+        segment.size = base + len(buffer)
+        self._apply(segment.seq, base, locations, hard_state, mark)
+
+    def _is_full(self, active: Segment, batch_bytes: int) -> bool:
+        has_batches = active.header_bytes == 0 or active.size > active.header_bytes
+        return has_batches and active.size + batch_bytes > self.segment_bytes
+
+    def _new_segment(self) -> tuple[Segment, bytes]:
+        seq = self.segments[-1].seq + 1 if self.segments else 1
+        hs = self.hard_state
+        header = SegmentHeader(
+            WAL_MAGIC,
+            FORMAT_VERSION,
+            self.identity.cluster_id,
+            self.identity.node_id,
+            seq,
+            self.index.last_index + 1,
+            self.index.last_term,
+            self.next_batch,
+            hs.term,
+            hs.voted_for,
+            hs.commit_index,
+        )
+        record = frame(RecordType.SEGMENT_HEADER, encode(header))
+        return Segment(seq, self.index.last_index + 1, len(record), len(record)), record
+
+    def _active_handle(self, active: Segment) -> DiskFile:
+        if self._active is None:
+            self._active = self.disk.open(self.path(active), OpenMode.WRITE)
+            assert self._active.size() == active.size, "active segment changed under us"
+        return self._active
+
+    def _apply(
+        self,
+        seq: int,
+        base: int,
+        locations: list[PartLocation],
+        hard_state: HardState,
+        mark: tuple[int, int, bool] | None,
+    ) -> None:
+        index = self.index
+        if mark is not None:
+            ok = index.apply_mark(*mark)
+            assert ok, "snapshot mark inconsistent with the log"
+        for loc in locations:
+            first, last = loc.first_index, loc.first_index + loc.count - 1
+            ok = index.put(Run(first, first, last, seq, base + loc.offset, loc.term, loc.terms))
+            assert ok, "entries must continue the log"
+        self.hard_state = hard_state
+        self.next_batch += 1
+
+    # ---- compaction ------------------------------------------------------------------------
+
+    def compact(self, through: int) -> list[str]:
+        """Delete the oldest segments whose live entries all lie at or below ``through``
+        (never the active segment); returns the removed file names."""
+        if len(self.segments) < 2:
+            return []
+        keep_from = self.index.first_live_segment_after(through)
+        active_seq = self.segments[-1].seq
+        limit = active_seq if keep_from is None else min(keep_from, active_seq)
+        removed: list[str] = []
+        while self.segments[0].seq < limit:
+            segment = self.segments[0]
+            self.disk.remove(self.path(segment))
+            self.disk.fsync_dir(self.directory)
+            self.segments.pop(0)
+            removed.append(segment.name)
+        self.index.drop_before_segment(limit)
+        return removed
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def read_entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries in [lo, hi) that the live log holds, read back from the segments."""
+        out: list[Entry] = []
+        index = max(lo, self.index.base_index + 1)
+        hi = min(hi, self.index.last_index + 1)
+        while index < hi:
+            run = self.index.locate(index)
+            assert run is not None
+            part = self._read_part(run)
+            stop = min(hi, run.last + 1)
+            out.extend(part.entry(i) for i in range(index, stop))
+            index = stop
+        return out
+
+    def _read_part(self, run: Run) -> BatchPart:
+        segment = next(s for s in self.segments if s.seq == run.seq)
+        path = self.path(segment)
+        handle = self.disk.open(path, OpenMode.READ)
+        try:
+            head = handle.read(run.offset, HEADER_BYTES)
+            length = int.from_bytes(head[4:8], "little") if len(head) == HEADER_BYTES else 0
+            data = head + handle.read(run.offset + HEADER_BYTES, length)
+        finally:
+            handle.close()
+        found = read_frame(data, 0)
+        part = decode_batch_part(found.body) if not isinstance(found, Defect) else found.value
+        if isinstance(part, str):
+            raise CorruptionError(path, run.offset, f"record unreadable: {part}", "read-back")
+        return part

@@ -1,0 +1,382 @@
+"""NodeStorage: open, save, reopen; identity and format checks; snapshots and compaction."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+
+import pytest
+
+from replog.core.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from replog.storage import (
+    CorruptionError,
+    DirectoryLocked,
+    DiskOp,
+    EntryTooLarge,
+    FormatTooNew,
+    NodeStorage,
+    Severity,
+    SimDisk,
+    StorageFailed,
+    StorageOptions,
+    WrongCluster,
+    WrongNode,
+)
+from replog.storage.disk import OpenMode
+from replog.storage.layout import META_NAME
+from replog.storage.record import (
+    ENTRY_BYTES_MAX,
+    WAL_MAGIC,
+    MetaBody,
+    RecordType,
+    SegmentHeader,
+    encode,
+    frame,
+)
+
+from .workload import CONFIG, Model, Save, TakeSnapshot, Workload, run_op, view_of
+
+DIR = "/data/node1"
+SMALL = StorageOptions(segment_bytes=4096)
+
+
+def _open(disk: SimDisk, options: StorageOptions = SMALL) -> tuple[NodeStorage, Model]:
+    storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, options)
+    return storage, Model.from_state(state)
+
+
+def _entries(first: int, count: int, term: int, size: int = 50) -> tuple[Entry, ...]:
+    return tuple(
+        Entry(first + k, term, EntryKind.NORMAL, f"{first + k}".encode() * size)
+        for k in range(count)
+    )
+
+
+def _fill(storage: NodeStorage, model: Model, batches: int, per_batch: int = 5) -> None:
+    for _ in range(batches):
+        first = model.last_index + 1
+        op = Save(HardState(2, 1, first - 1), _entries(first, per_batch, 2))
+        run_op(storage, op)
+        model.apply(op)
+
+
+def _reopen(disk: SimDisk, storage: NodeStorage, options: StorageOptions = SMALL) -> Model:
+    storage.close()
+    disk.crash()
+    reopened, model = _open(disk, options)
+    reopened.close()
+    return model
+
+
+def test_fresh_directory_is_created_with_metadata() -> None:
+    disk = SimDisk(random.Random(1))
+    storage, model = _open(disk)
+    assert model.view() == Model().view()
+    assert disk.exists(f"{DIR}/{META_NAME}")
+    storage.close()
+    disk.crash()  # the directory, its parent and the metadata were all fsynced
+    assert disk.exists(f"{DIR}/{META_NAME}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_workload_survives_clean_restarts(seed: int) -> None:
+    disk = SimDisk(random.Random(seed))
+    storage, model = _open(disk)
+    workload = Workload(random.Random(seed), model)
+    for round_ in range(4):
+        for _ in range(60):
+            op = workload.next_op()
+            run_op(storage, op)
+            model.apply(op)
+        assert storage.hard_state == model.hard_state
+        assert storage.last_index == model.last_index
+        lo = max(storage.first_index, model.base + 1)
+        assert storage.entries(lo, model.last_index + 1) == list(
+            model.entries[lo - model.base - 1 :]
+        )
+        storage.close()
+        if round_ % 2:
+            disk.crash()
+        storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+        assert view_of(state) == model.view()
+        model = Model.from_state(state)
+        workload.model = model
+    storage.close()
+
+
+def test_hard_state_none_keeps_the_stored_one() -> None:
+    disk = SimDisk(random.Random(2))
+    storage, _ = _open(disk)
+    storage.save(HardState(3, 2, 0), ())
+    storage.save(None, _entries(1, 2, 3))
+    assert storage.hard_state == HardState(3, 2, 0)
+    model = _reopen(disk, storage)
+    assert model.hard_state == HardState(3, 2, 0) and model.last_index == 2
+
+
+def test_wrong_cluster_node_and_newer_format_are_refused() -> None:
+    disk = SimDisk(random.Random(3))
+    storage, _ = _open(disk)
+    storage.close()
+    with pytest.raises(WrongCluster, match="cluster-a"):
+        NodeStorage.open(disk, DIR, "cluster-b", 1)
+    with pytest.raises(WrongNode, match="node 1"):
+        NodeStorage.open(disk, DIR, "cluster-a", 2)
+    newer = frame(RecordType.META, encode(MetaBody("replog-meta", 99, "cluster-a", 1)))
+    disk.put_file(f"{DIR}/{META_NAME}", newer)
+    with pytest.raises(FormatTooNew, match="version 99"):
+        NodeStorage.open(disk, DIR, "cluster-a", 1)
+
+
+def test_newer_segment_format_is_refused() -> None:
+    disk = SimDisk(random.Random(4))
+    storage, _ = _open(disk)
+    storage.close()
+    header = SegmentHeader(WAL_MAGIC, 7, "cluster-a", 1, 1, 1, 0, 1, 0, 0, 0)
+    disk.put_file(
+        f"{DIR}/wal-{1:016x}-{1:016x}.wal", frame(RecordType.SEGMENT_HEADER, encode(header))
+    )
+    with pytest.raises(FormatTooNew):
+        NodeStorage.open(disk, DIR, "cluster-a", 1)
+
+
+def test_directory_lock() -> None:
+    disk = SimDisk(random.Random(5))
+    storage, _ = _open(disk)
+    with pytest.raises(DirectoryLocked):
+        NodeStorage.open(disk, DIR, "cluster-a", 1)
+    storage.close()
+    again, _ = _open(disk)
+    again.close()
+
+
+def test_local_snapshot_compacts_whole_segments_and_restarts() -> None:
+    disk = SimDisk(random.Random(6))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    segments_before = storage.segment_count
+    assert segments_before > 4
+    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    storage.save_snapshot(snapshot, keep_entries=20)
+    model.apply(TakeSnapshot(snapshot, 20))
+    assert storage.segment_count < segments_before
+    assert storage.first_index <= 230 + 1  # the trailing window stays readable
+    assert storage.entries(231, 233) == list(_entries(231, 2, 2))
+    view = _reopen(disk, storage).view()
+    assert view == model.view()
+    assert view.snapshot == (250, 2, b"state at 250")
+
+
+def test_newest_two_snapshots_are_kept() -> None:
+    disk = SimDisk(random.Random(7))
+    storage, model = _open(disk)
+    _fill(storage, model, 30)
+    for index in (20, 40, 60, 80):
+        storage.save_snapshot(Snapshot(SnapshotMeta(index, 2, CONFIG), b"s"), 5)
+    names = [n for n in disk.list_dir(DIR) if n.startswith("snap-")]
+    assert names == [f"snap-{60:016x}-{2:016x}.snap", f"snap-{80:016x}-{2:016x}.snap"]
+    storage.close()
+
+
+def test_snapshot_from_leader_restarts_the_log() -> None:
+    disk = SimDisk(random.Random(8))
+    storage, model = _open(disk)
+    _fill(storage, model, 10)  # entries 1..50 of term 2, commit 45
+    snapshot = Snapshot(SnapshotMeta(70, 3, CONFIG), b"leader state")
+    op = Save(HardState(3, 0, 70), _entries(71, 3, 3), snapshot)
+    run_op(storage, op)
+    model.apply(op)
+    assert (storage.first_index, storage.last_index) == (71, 73)
+    assert _reopen(disk, storage).view() == model.view()
+
+
+@pytest.mark.parametrize("matching", [True, False])
+def test_crash_between_snapshot_file_and_wal_batch(matching: bool) -> None:
+    disk = SimDisk(random.Random(9))
+    storage, model = _open(disk)
+    _fill(storage, model, 10)  # entries 1..50 of term 2, commit 45
+    term = 2 if matching else 3
+    op = Save(HardState(3, 0, 48), _entries(49, 1, 3), Snapshot(SnapshotMeta(48, term, CONFIG)))
+    disk.fail_next(DiskOp.WRITE, path_contains=".wal")
+    with pytest.raises(StorageFailed):
+        run_op(storage, op)
+    expected = model.crash_window(op)
+    assert expected is not None
+    storage.close()
+    disk.clear_faults()
+    disk.crash()
+    storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert view_of(state) == expected
+    assert len(expected.entries) == (2 if matching else 0)
+    # Recovery recorded the cut in the WAL: later batches and restarts build on it.
+    model = Model.from_state(state)
+    first = model.last_index + 1
+    op2 = Save(HardState(3, 0, 48), _entries(first, 4, 3))
+    run_op(storage, op2)
+    model.apply(op2)
+    assert _reopen(disk, storage).view() == model.view()
+
+
+def test_damaged_newest_snapshot_falls_back_to_the_older_one() -> None:
+    disk = SimDisk(random.Random(10))
+    storage, model = _open(disk)
+    _fill(storage, model, 30)
+    storage.save_snapshot(Snapshot(SnapshotMeta(40, 2, CONFIG), b"forty"), 100)
+    storage.save_snapshot(Snapshot(SnapshotMeta(60, 2, CONFIG), b"sixty"), 100)
+    storage.close()
+    path = f"{DIR}/snap-{60:016x}-{2:016x}.snap"
+    disk.flip_bit(path, disk.file_size(path) - 1)
+    storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert state.snapshot is not None and state.snapshot.data == b"forty"
+    assert [f.rule for f in storage.findings if f.severity is Severity.DAMAGED] == [
+        "snapshot-damaged"
+    ]
+    assert state.entries[0].index == 41 and state.entries[-1].index == 150
+    storage.close()
+
+
+def test_damaged_snapshot_without_connecting_log_is_fatal() -> None:
+    disk = SimDisk(random.Random(11))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    storage.save_snapshot(Snapshot(SnapshotMeta(250, 2, CONFIG), b"only"), 0)
+    storage.close()
+    path = f"{DIR}/snap-{250:016x}-{2:016x}.snap"
+    disk.flip_bit(path, 20)
+    with pytest.raises(CorruptionError) as info:
+        NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert info.value.rule == "S2-log-without-snapshot"
+    assert "wipe" not in info.value.reason and "rejoin" in str(info.value)
+
+
+def test_missing_middle_segment_is_fatal() -> None:
+    disk = SimDisk(random.Random(12))
+    storage, model = _open(disk)
+    _fill(storage, model, 40)
+    storage.close()
+    wal = [n for n in disk.list_dir(DIR) if n.startswith("wal-")]
+    disk.remove(f"{DIR}/{wal[1]}")
+    with pytest.raises(CorruptionError) as info:
+        NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert info.value.rule == "segment-missing"
+
+
+def test_missing_first_segment_without_snapshot_is_fatal() -> None:
+    disk = SimDisk(random.Random(13))
+    storage, model = _open(disk)
+    _fill(storage, model, 40)
+    storage.close()
+    wal = [n for n in disk.list_dir(DIR) if n.startswith("wal-")]
+    disk.remove(f"{DIR}/{wal[0]}")
+    with pytest.raises(CorruptionError) as info:
+        NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert info.value.rule == "S2-log-without-snapshot"
+
+
+def test_metadata_missing_but_data_present_is_fatal() -> None:
+    disk = SimDisk(random.Random(14))
+    storage, model = _open(disk)
+    _fill(storage, model, 2)
+    storage.close()
+    disk.remove(f"{DIR}/{META_NAME}")
+    with pytest.raises(CorruptionError) as info:
+        NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert info.value.rule == "meta-missing"
+
+
+def test_odd_files() -> None:
+    disk = SimDisk(random.Random(15))
+    storage, model = _open(disk)
+    _fill(storage, model, 2)
+    storage.close()
+    disk.put_file(f"{DIR}/notes.txt", b"hello")
+    disk.put_file(f"{DIR}/snap-x.snap.tmp", b"half")
+    storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert {f.rule for f in storage.findings} == {"foreign-file", "leftover-temporary"}
+    assert not disk.exists(f"{DIR}/snap-x.snap.tmp")
+    assert view_of(state) == model.view()
+    storage.close()
+    disk.put_file(f"{DIR}/wal-12.wal", b"")
+    with pytest.raises(CorruptionError) as info:
+        NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)
+    assert info.value.rule == "misnamed-file"
+
+
+def test_entry_too_large_does_not_fail_the_storage() -> None:
+    disk = SimDisk(random.Random(16))
+    storage, _ = _open(disk)
+    big = Entry(1, 1, EntryKind.NORMAL, bytes(ENTRY_BYTES_MAX + 1))
+    with pytest.raises(EntryTooLarge):
+        storage.save(HardState(1, 0, 0), (big,))
+    storage.save(HardState(1, 0, 0), _entries(1, 1, 1))
+    assert not storage.failed
+    storage.close()
+
+
+def test_programmer_errors_are_assertions() -> None:
+    disk = SimDisk(random.Random(17))
+    storage, _ = _open(disk)
+    storage.save(HardState(2, 0, 0), _entries(1, 3, 2))
+    with pytest.raises(AssertionError):
+        storage.save(None, _entries(5, 1, 2))  # gap
+    with pytest.raises(AssertionError):
+        storage.save(HardState(1, 0, 0), ())  # term going back
+    with pytest.raises(AssertionError):
+        storage.save(HardState(2, 0, 9), ())  # commit beyond the log
+    storage.close()
+
+
+@pytest.mark.parametrize(
+    ("op", "error"),
+    [
+        (DiskOp.WRITE, errno.EIO),
+        (DiskOp.WRITE, errno.ENOSPC),
+        (DiskOp.FSYNC, errno.EIO),
+        (DiskOp.CREATE, errno.ENOSPC),
+        (DiskOp.FSYNC_DIR, errno.EIO),
+    ],
+)
+def test_failure_is_final(op: DiskOp, error: int) -> None:
+    disk = SimDisk(random.Random(18))
+    storage, model = _open(disk)
+    disk.fail_next(op, error)
+    with pytest.raises(StorageFailed) as info:
+        _fill(storage, model, 40)  # crosses segment boundaries: every op type is used
+    assert os.strerror(error) in str(info.value)
+    assert storage.failed
+    with pytest.raises(StorageFailed):
+        storage.save(HardState(9, 0, 0), ())
+    with pytest.raises(StorageFailed):
+        storage.save_snapshot(Snapshot(SnapshotMeta(1, 2, CONFIG)), 0)
+    storage.close()
+
+
+def test_read_only_file_system_fails_the_storage() -> None:
+    disk = SimDisk(random.Random(19))
+    storage, model = _open(disk)
+    _fill(storage, model, 2)
+    disk.set_read_only(True)
+    with pytest.raises(StorageFailed, match="Read-only"):
+        _fill(storage, model, 1)
+    storage.close()
+
+
+def test_entries_read_back_after_restart() -> None:
+    disk = SimDisk(random.Random(20))
+    storage, model = _open(disk)
+    _fill(storage, model, 20)
+    storage.close()
+    storage, _ = _open(disk)
+    assert storage.entries(1, 101) == list(model.entries)
+    assert storage.entries(95, 200) == list(model.entries[94:])
+    storage.close()
+
+
+def test_opening_a_file_as_directory_fails_cleanly() -> None:
+    disk = SimDisk(random.Random(21))
+    disk.put_file("/plain", b"")
+    with pytest.raises(Exception, match=r"not a directory"):
+        NodeStorage.open(disk, "/plain", "c", 1)
+    handle = disk.open("/plain", OpenMode.READ)
+    handle.close()
