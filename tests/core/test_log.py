@@ -328,7 +328,7 @@ def leader_and_follower_logs(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     return leader, leader[:shared] + sorted(last + 1 + 2 * k for k in tail)
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(logs=leader_and_follower_logs(), data=st.data())
 def test_append_makes_the_follower_match_the_leader_up_to_the_returned_index(
     logs: tuple[list[int], list[int]], data: st.DataObject

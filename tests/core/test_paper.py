@@ -425,6 +425,31 @@ def test_5_3_leader_counts_itself_only_for_durable_entries() -> None:
     assert leader.commit_index == 2
 
 
+def test_5_3_advance_acknowledges_only_what_the_ready_carried() -> None:
+    c = Cluster([1, 2, 3], **CLASSIC)
+    c.down = {3}
+    leader = c.elect(1)
+    follower = c.nodes[2]
+    leader.propose(b"x")
+    rd = leader.ready()  # carries entry 2
+    assert [e.index for e in rd.entries] == [2]
+    leader.propose(b"y")  # entry 3 arrives while entry 2 is being persisted
+
+    leader.advance(rd)
+    unfinished = leader.ready()  # sends entry 3, but its own write never completes
+    for m in rd.messages + unfinished.messages:
+        if m.receiver == 2:
+            follower.step(m)
+    follower_rd = follower.ready()
+    follower.advance(follower_rd)
+    for m in follower_rd.messages:
+        leader.step(m)
+
+    # Node 2 holds entries 2 and 3; the leader has made only entry 2 durable.
+    assert follower.last_index == 3
+    assert leader.commit_index == 2
+
+
 def test_5_3_leader_never_overwrites_own_log() -> None:
     states = {
         1: persisted(3, 1, 1, 2, 2),  # uncommitted entries of term 2

@@ -398,5 +398,5 @@ class LeaderAndFollower(RuleBasedStateMachine):
 
 TestProgressInvariants = LeaderAndFollower.TestCase
 TestProgressInvariants.settings = settings(
-    max_examples=150, stateful_step_count=40, derandomize=True, deadline=None
+    max_examples=100, stateful_step_count=40, derandomize=True, deadline=None
 )

@@ -171,7 +171,7 @@ node_ids = st.integers(min_value=1, max_value=9)
 voter_sets = st.frozensets(node_ids, max_size=7)
 acks = st.dictionaries(node_ids, st.integers(min_value=0, max_value=12), max_size=9)
 ballots = st.dictionaries(node_ids, st.booleans(), max_size=9)
-DIFFERENTIAL = settings(max_examples=400, derandomize=True, deadline=None)
+DIFFERENTIAL = settings(max_examples=200, derandomize=True, deadline=None)
 
 
 @DIFFERENTIAL
