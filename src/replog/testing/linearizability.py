@@ -15,25 +15,35 @@ and cas operations whose effect no operation could observe (no read returns the 
 and no cas expects it), and ``info`` cas operations whose expected value nothing can produce:
 placing them, or not, never changes what the others see.
 
-Per key we run the Wing & Gong search as refined by Lowe: the invocations and completions sit in
-one doubly linked list in real-time order. Scanning from the front, we linearize the first
-invocation whose operation is legal in the current register state, lift its call and return
-out of the list (remembering it on a stack so it can be put back), and restart the scan. Reaching
-the completion of an operation not yet linearized means the current prefix of choices is wrong:
-pop the last choice, put its entries back, and try the next invocation after it. The list
-running out of completions means success; needing to backtrack with an empty stack means no
-linearization exists. Each configuration (the set of linearized operations as a bitset, the
-register value) is remembered, and a configuration met again is not explored again, which
-keeps the search polynomial for the usual bounded concurrency. The search is a loop with an
+Per key we run the Wing & Gong search (WGL) in the form Lowe gave it: the invocations and
+completions of the completed operations sit in a doubly linked list in real-time order. Scanning
+from the front, we place (linearize) the first invocation whose operation is legal in the
+current register state, lift its invocation and completion out of the list (the lifted entry
+keeps its own links, so putting it back is two assignments; the stack of choices is the undo
+log), and restart the scan. Reaching a completion whose operation is not placed means the
+choices so far are wrong: undo the last one and try the next invocation after it. The list
+running out of completions means success; having nothing left to undo means no linearization
+exists. A configuration (which operations are placed, the register value) met a second time is
+not explored again, which keeps the search near linear on histories of bounded concurrency
+(the worst case stays exponential: the problem is NP-complete). The search is a loop with an
 explicit stack, so history length is not limited by Python's recursion limit.
+
+Three refinements keep it fast. Just-in-time placement of ``info`` operations: they live in a
+list of their own and are tried only when the scan is stuck at a completion, so no work goes
+into placing them where nothing needs them. Interchangeable ``info`` operations (same kind, same
+values) are counted, not named, in the configuration, so k of them cost k + 1 states, not 2^k;
+and a configuration that placed more of them than one known to fail is pruned (``_Dominance``).
+Greedy reads: a pending read that is legal now is placed at once with no alternative tried, since
+moving a read earlier (everything that had to precede it is already placed) changes nothing.
 
 Explanations. The latest completion the search was ever stuck at marks a prefix of the key's
 history that is already not linearizable: every operation finishing earlier was placed, but
 this one could not be. (The prefix must also reach the ``fail`` of any operation invoked before
 that completion: until then the operation may yet take effect.) Without such failures it is the
-shortest failing prefix. We report the stuck operation with the operations running alongside
-it and the last writes finished before it started. A read (or cas) that needs a value nothing
-invoked before its completion could have stored is reported the same way, without a search.
+shortest failing prefix of the key. We report the stuck operation with the operations running
+alongside it and the last writes finished before it started. A read (or cas) that needs a value
+nothing invoked before its completion could have stored is reported the same way, without a
+search.
 
 Budget. A check may be limited in wall time and in the number of configurations explored
 (summed over keys). Running out ends the check with status ``unknown``: the answer is never
@@ -224,11 +234,11 @@ class _Budget:
         self.exhausted_by = ""
 
     def maybe_exhaust(self) -> bool:
-        """Count one more configuration; says whether the budget has run out."""
-        self.states += 1
-        if self.max_states is not None and self.states > self.max_states:
+        """Count one more configuration, unless the budget has run out (then says so)."""
+        if self.max_states is not None and self.states >= self.max_states:
             self.exhausted_by = f"the state budget of {self.max_states} configurations"
             return True
+        self.states += 1
         if self.time_budget_s is None or self.states % _TIME_CHECK_EVERY_STATES != 1:
             return False
         if time.monotonic() - self.started_s <= self.time_budget_s:
@@ -322,7 +332,9 @@ class _Register:
     Values are interned (null is 0). Operation ``i`` is legal in state ``s`` when
     ``required[i]`` is ``_ANY`` or ``s``; it then leaves ``produced[i]`` (``s`` for ``_KEEP``).
     Entries ``1..n`` are the invocations and completions in real-time order; entry 0 is the
-    list's head and ``n + 1`` its tail. ``entry_op[e]`` is entry ``e``'s operation and
+    head of the main list and ``n + 1`` its tail, ``n + 2`` and ``n + 3`` the head and tail of
+    the list of ``info`` invocations (see ``_initial_links``). ``entry_op[e]`` is entry ``e``'s
+    operation and
     ``return_of[e]`` is, for an invocation, its completion's entry (0 when it has none, as for
     ``info``) and -1 for completions and the sentinels.
 
@@ -570,17 +582,17 @@ def _violation(stuck: Operation, operations: list[Operation]) -> Violation:
     assert stuck.complete_line is not None, "only a completed operation can get stuck"
     start, end = stuck.invoke_line, stuck.complete_line
     relevant = [op for op in operations if _may_matter(op)]
-    concurrent = [
+    concurrent = [  # an info operation may take effect at any time after its invocation
         op
         for op in relevant
         if op is not stuck
         and op.invoke_line < end
-        and (op.complete_line is None or op.complete_line > start)
+        and (op.outcome == "info" or (op.complete_line or 0) > start)
     ]
     preceding = [
         op
         for op in relevant
-        if op.f != "read" and op.complete_line is not None and op.complete_line < start
+        if op.f != "read" and op.outcome == "ok" and (op.complete_line or 0) < start
     ]
     preceding.sort(key=lambda op: op.complete_line or 0)
     chosen = preceding[-_CONTEXT_PRECEDING_MAX:] + concurrent[-_CONTEXT_CONCURRENT_MAX:]
