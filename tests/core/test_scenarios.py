@@ -261,6 +261,13 @@ def test_partitioned_old_leader_never_serves_a_linearizable_read(config: dict[st
     assert state.context == b"after healing"
     assert state.index >= index
 
+    # Even once node 1 leads again, the reads it took while deposed stay unanswered.
+    new.transfer_leader(1)
+    c.tick(2)
+    assert c.leader() is old
+    assert c.reads[1] == [state]
+    assert c.reads[2] == []
+
 
 # ==== duplicated and reordered messages ======================================================
 
