@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -153,3 +154,14 @@ def test_help_explains_format_options_and_exit_codes() -> None:
         assert needle in result.stdout
     assert "2  unknown" in result.stdout
     assert "3  bad input" in result.stdout
+
+
+def test_an_interrupted_check_is_unknown(write_history: Any, monkeypatch: Any) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    module = importlib.import_module("replog.cli.check")  # the package exports the command
+    monkeypatch.setattr(module, "check_operations", interrupted)
+    result = run(write_history(GOOD))
+    assert result.exit_code == 2
+    assert result.stdout.splitlines() == ["unknown", "interrupted before an answer"]

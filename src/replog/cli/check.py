@@ -108,7 +108,11 @@ def check(
     with the budget that ran out. Keys are checked independently.
     """
     operations = _read_operations(history_file)
-    result = check_operations(operations, time_budget_s=time_budget_s, max_states=max_states)
+    try:
+        result = check_operations(operations, time_budget_s=time_budget_s, max_states=max_states)
+    except KeyboardInterrupt:  # no answer: "unknown", not click's "Aborted!" with exit code 1
+        _echo_interrupted(output)
+        ctx.exit(EXIT_UNKNOWN)
     if output == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -120,6 +124,14 @@ def _text_report(result: CheckResult) -> str:
     if result.status is Status.LINEARIZABLE:
         return str(result.status)
     return "\n".join([str(result.status), *result.explain()])
+
+
+def _echo_interrupted(output: str) -> None:
+    reason = "interrupted before an answer"
+    if output == "json":
+        click.echo(json.dumps({"status": str(Status.UNKNOWN), "reason": reason}, indent=2))
+    else:
+        click.echo(f"{Status.UNKNOWN}\n{reason}")
 
 
 def _read_operations(path: str) -> list[Operation]:
