@@ -83,20 +83,70 @@ class PendingRead:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
-    """Timing of the simulated nodes."""
+    """How the simulated nodes are tuned: timing, protocol options and flow-control limits.
+
+    ``draw`` gives every seed its own tuning, so the simulator covers the core's options
+    (pre-vote, check-quorum, lease reads) and its limits (tiny messages, few inflight
+    messages, a small uncommitted budget) as well as its defaults."""
 
     nodes: int = 3
     tick_ms: int = 10
     election_timeout_ticks: int = 10
     heartbeat_interval_ticks: int = 2
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_reads: bool = False
+    clock_drift_ticks: int = 1
+    max_inflight_messages: int = 256
     max_message_bytes: int = 16 << 10
+    max_uncommitted_bytes: int = 64 << 20
+
+    @staticmethod
+    def draw(rng: random.Random, nodes: int, tick_ms: int, pauses: bool) -> ClusterSettings:
+        """Lease reads trust bounded clock drift and no stalls, so a seed with pauses (a
+        stalled leader keeps believing in its lease) never turns them on."""
+        election = rng.choice((6, 10, 10, 16))
+        check_quorum = rng.random() < 0.8
+        return ClusterSettings(
+            nodes=nodes,
+            tick_ms=tick_ms,
+            election_timeout_ticks=election,
+            heartbeat_interval_ticks=rng.choice((1, 2, 2, 3)),
+            pre_vote=rng.random() < 0.8,
+            check_quorum=check_quorum,
+            lease_reads=check_quorum and not pauses and rng.random() < 0.3,
+            clock_drift_ticks=3,
+            max_inflight_messages=rng.choice((1, 4, 256)),
+            max_message_bytes=rng.choice((64, 512, 16 << 10)),
+            max_uncommitted_bytes=rng.choice((2 << 10, 64 << 20, 64 << 20)),
+        )
+
+    def describe(self) -> str:
+        flags = [
+            f"election={self.election_timeout_ticks}t",
+            f"heartbeat={self.heartbeat_interval_ticks}t",
+            f"tick={self.tick_ms}ms",
+            f"pre_vote={'on' if self.pre_vote else 'off'}",
+            f"check_quorum={'on' if self.check_quorum else 'off'}",
+            f"lease_reads={'on' if self.lease_reads else 'off'}",
+            f"inflight<={self.max_inflight_messages}",
+            f"msg<={self.max_message_bytes}B",
+            f"uncommitted<={self.max_uncommitted_bytes}B",
+        ]
+        return " ".join(flags)
 
     def raft_config(self, node_id: int) -> RaftConfig:
         return RaftConfig(
             node_id=node_id,
             election_timeout_ticks=self.election_timeout_ticks,
             heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            lease_reads=self.lease_reads,
+            clock_drift_ticks=self.clock_drift_ticks,
+            max_inflight_messages=self.max_inflight_messages,
             max_message_bytes=self.max_message_bytes,
+            max_uncommitted_bytes=self.max_uncommitted_bytes,
         )
 
 

@@ -54,8 +54,7 @@ class SimConfig:
     clients: int = 3
     keys: int = 2
     tick_ms: int = 10
-    election_timeout_ticks: int = 10
-    heartbeat_interval_ticks: int = 2
+    vary_tuning: bool = True  # each seed draws its own protocol options and limits
     client_timeout_ms: int = 400
     liveness_election_timeouts: int = 20
     trace_tail_lines: int = 40
@@ -64,17 +63,10 @@ class SimConfig:
     linearizability_time_budget_s: float = 20.0
     ops_max: int = 5000
 
-    def cluster_settings(self) -> ClusterSettings:
-        return ClusterSettings(
-            nodes=self.nodes,
-            tick_ms=self.tick_ms,
-            election_timeout_ticks=self.election_timeout_ticks,
-            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
-        )
-
-    @property
-    def liveness_bound_ms(self) -> int:
-        return self.liveness_election_timeouts * self.election_timeout_ticks * self.tick_ms
+    def cluster_settings(self, rng: random.Random, pauses: bool) -> ClusterSettings:
+        if self.vary_tuning:
+            return ClusterSettings.draw(rng, self.nodes, self.tick_ms, pauses)
+        return ClusterSettings(nodes=self.nodes, tick_ms=self.tick_ms)
 
 
 @dataclass(slots=True)
@@ -145,8 +137,10 @@ class _World:
         self.faults: collections.Counter[str] = collections.Counter()
         self.checker = SafetyChecker()
         self.plan = FaultPlan.draw(random.Random(master.getrandbits(64)), config.nodes)
+        tuning_rng = random.Random(master.getrandbits(64))
+        self.settings = config.cluster_settings(tuning_rng, self.plan.pauses)
         self.cluster = Cluster(
-            config.cluster_settings(),
+            self.settings,
             self.plan,
             random.Random(master.getrandbits(64)),
             queue=self.queue,
@@ -177,7 +171,7 @@ class _World:
         self.liveness_ms: int | None = None
 
     def run(self) -> None:
-        self.trace.record(f"WORLD {self.plan.describe()}")
+        self.trace.record(f"WORLD {self.describe()}")
         self.cluster.start()
         self.workload.start()
         self.nemesis.start()
@@ -190,7 +184,7 @@ class _World:
             self.cluster,
             self.checker.provenance,
             self.trace,
-            self.config.liveness_bound_ms,
+            self.liveness_bound_ms,
             self.config.client_timeout_ms,
         )
         probe.start()
@@ -199,6 +193,14 @@ class _World:
             raise InvariantViolation("liveness", "the event queue ran dry before the probe ended")
         self.liveness_ms = probe.elapsed_ms
         self.workload.close()
+
+    def describe(self) -> str:
+        return f"{self.plan.describe()} | {self.settings.describe()}"
+
+    @property
+    def liveness_bound_ms(self) -> int:
+        timeout_ms = self.settings.election_timeout_ticks * self.settings.tick_ms
+        return self.config.liveness_election_timeouts * timeout_ms
 
     def _pump(self, limit: int, done: Callable[[], bool]) -> None:
         queue = self.queue
@@ -225,7 +227,7 @@ def run_seed(
     config = config or SimConfig()
     started = time.perf_counter()
     world = _World(seed, config, trace_sink, store_factory)
-    result = SeedResult(seed=seed, nodes=config.nodes, plan=world.plan.describe())
+    result = SeedResult(seed=seed, nodes=config.nodes, plan=world.describe())
     try:
         world.run()
     except InvariantViolation as violation:

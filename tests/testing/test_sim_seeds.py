@@ -1,0 +1,119 @@
+"""The simulator over fixed sets of seeds: the core must survive every world, and the simulator
+must notice a broken world (a store that loses what it promised to keep)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from replog.core.types import HardState, PersistentState
+from replog.testing.durable import MemoryStore
+from replog.testing.sim import RunSummary, SeedResult, SimConfig, run_seed, run_seeds
+
+CHUNK = 25
+FIXED = [(3, start) for start in range(0, 200, CHUNK)] + [
+    (5, start) for start in range(10_000, 10_100, CHUNK)
+]
+EVENTS = 8000
+TOTALS: dict[int, RunSummary] = {}
+
+
+def report(result: SeedResult, config: SimConfig) -> str:
+    lines = [
+        f"seed {result.seed} ({config.nodes} nodes): {result.violation}",
+        f"world: {result.plan}",
+        f"replay: replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}",
+        "trace tail:",
+        *(f"  {line}" for line in result.trace_tail),
+    ]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(("nodes", "start"), FIXED, ids=[f"{n}n-{s}" for n, s in FIXED])
+def test_fixed_seeds(nodes: int, start: int) -> None:
+    config = SimConfig(nodes=nodes, events=EVENTS)
+    summary = run_seeds(range(start, start + CHUNK), config)
+    if summary.failures:
+        pytest.fail(report(summary.failures[0], config), pytrace=False)
+    assert summary.linearizability["not linearizable"] == 0
+    assert summary.elections >= CHUNK and summary.commits > CHUNK * 10
+    total = TOTALS.setdefault(nodes, RunSummary(nodes=nodes))
+    total.seeds += summary.seeds
+    total.faults.update(summary.faults)
+    total.linearizability.update(summary.linearizability)
+
+
+def test_fixed_seeds_inject_every_kind_of_fault() -> None:
+    """Runs after the fixed sets (same module, file order) and checks what they injected."""
+    if set(TOTALS) != {3, 5}:
+        pytest.skip("needs the fixed-seed tests of this module to have run")
+    for nodes, total in TOTALS.items():
+        kinds = set(total.faults)
+        expected = {"drop", "duplicate", "reorder", "crash", "restart", "pause", "transfer", "heal"}
+        expected |= {f"partition:{s}" for s in ("isolate-leader", "split", "bridge", "one-way")}
+        if nodes >= 4:
+            expected.add("partition:ring")
+        assert expected <= kinds, f"{nodes} nodes: missing {expected - kinds}"
+        assert total.linearizability["linearizable"] >= total.seeds * 0.95
+
+
+# ---- the simulator must catch broken durability ----------------------------------------------
+
+
+class ForgetsVote(MemoryStore):
+    """Loses voted_for on a crash: a node may vote twice in one term."""
+
+    def crash_and_recover(self) -> PersistentState:
+        state = self.hard_state
+        self.hard_state = HardState(state.term, 0, state.commit_index)
+        return super().crash_and_recover()
+
+
+class LosesTail(MemoryStore):
+    """Loses the last two entries it acknowledged as durable on a crash."""
+
+    def crash_and_recover(self) -> PersistentState:
+        if len(self._entries) > 2:
+            del self._entries[-2:]
+        return super().crash_and_recover()
+
+
+class ForgetsTerm(MemoryStore):
+    """Comes back one term behind after a crash."""
+
+    def crash_and_recover(self) -> PersistentState:
+        state = self.hard_state
+        self.hard_state = HardState(max(0, state.term - 1), 0, state.commit_index)
+        return super().crash_and_recover()
+
+
+@pytest.mark.parametrize("store", [ForgetsVote, LosesTail, ForgetsTerm])
+def test_simulator_catches_a_store_that_breaks_its_promise(store: type[MemoryStore]) -> None:
+    config = SimConfig(events=8000, check_linearizability=False)
+    for seed in range(150):
+        result = run_seed(seed, config, store_factory=store)
+        if result.failed:
+            assert result.violation is not None
+            assert result.trace_tail
+            return
+    pytest.fail(f"no violation found with {store.__name__} in 150 seeds")
+
+
+# ---- long runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize(
+    ("nodes", "seeds", "events"), [(3, 600, 30_000), (5, 300, 30_000), (7, 100, 30_000)]
+)
+def test_long_run(nodes: int, seeds: int, events: int, request: pytest.FixtureRequest) -> None:
+    if "slow" not in str(request.config.getoption("-m") or ""):
+        pytest.skip("long run: select it with -m slow")
+    config = SimConfig(nodes=nodes, events=events)
+    summary = run_seeds(range(100_000 * nodes, 100_000 * nodes + seeds), config)
+    if summary.failures:
+        pytest.fail(report(summary.failures[0], config), pytrace=False)
+    outcomes = collections.Counter(summary.linearizability)
+    assert outcomes["not linearizable"] == 0
