@@ -336,6 +336,17 @@ def test_ack_durability_needs_a_majority_of_stores() -> None:
     assert "1 of 3" in str(caught.value)
 
 
+def test_commit_durability_checks_each_newly_committed_index_once() -> None:
+    checker = AckDurability()
+    stores = [store_with(1, entry(1, 1), entry(2, 1)), store_with(2, entry(1, 1)), store_with(3)]
+    checker.observe_commit(1, 1, {1: 1, 2: 1}.get, stores, 3)
+    checker.observe_commit(2, 0, {}.get, stores, 3)
+    with violation("committed means durable") as caught:
+        checker.observe_commit(1, 2, {1: 1, 2: 1}.get, stores, 3)
+    assert caught.value.index == 2
+    checker.observe_commit(1, 2, {}.get, stores, 3)  # compacted: not checkable, not a violation
+
+
 def test_durable_matches_memory() -> None:
     checker = DurableMatchesMemory()
     checker.observe(1, (2, 1, 5, 2), (2, 1, 5, 2))

@@ -207,6 +207,7 @@ class Cluster:
         self.faults = faults
         self.checker = checker
         self.nodes = {n: SimNode(n, store_factory(n)) for n in self.node_ids}
+        self._stores = [node.store for node in self.nodes.values()]
         self.network = SimNetwork(
             self.node_ids,
             network_rng,
@@ -486,7 +487,7 @@ class Cluster:
         request = node.proposals.pop(command.id, None)
         if request is None or not request.open:
             return
-        stores = [n.store for n in self.nodes.values()]
+        stores = self._stores
         self.checker.acks.observe_ack(node.node_id, entry.index, entry.term, stores, len(stores))
         request.finish("ok" if ok else "fail", None)
 
@@ -539,6 +540,10 @@ class Cluster:
         node_id = node.node_id
         checker.terms.observe(node_id, raft.term)
         checker.commits.observe(node_id, raft.commit_index)
+        stores = self._stores
+        checker.acks.observe_commit(
+            node_id, raft.commit_index, _term_reader(raft), stores, len(stores)
+        )
         memory = (raft.term, raft.voted_for, raft.last_index, raft.last_term)
         checker.durable.observe(node_id, memory, node.store.durable_tuple())
         if raft.applied_index != node.kv.applied_index:

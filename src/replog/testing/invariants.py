@@ -22,8 +22,8 @@ The properties (Raft paper, Figure 3 and sections 5.2 to 5.4, 7 and 8):
   two state machine images taken at one index are identical (5.4.3, 7);
 - commit index monotonic per node life, and never below a restored snapshot;
 - a node's term never decreases, across restarts too (5.1: currentTerm is persistent);
-- acknowledged means durable: a client is acknowledged only once its entry is durable on a
-  majority (5.3, 8);
+- committed means durable: an index is committed, and a client acknowledged, only once its
+  entry is durable on a majority (5.3, 8);
 - provenance: every applied client command was proposed by some client;
 - the durable store and the core agree once a Ready has been handled (term, vote, log end).
 """
@@ -203,8 +203,9 @@ class LogMatching:
     """Two logs with an entry of the same index and term agree on it and on every earlier entry
     (Raft 5.3). Kept by induction: (index, term) always maps to one (kind, data, previous term)."""
 
-    def __init__(self) -> None:
+    def __init__(self, entries_max: int = 1 << 20) -> None:
         self._seen: dict[tuple[int, int], tuple[int, bytes, int]] = {}
+        self._entries_max = entries_max
 
     def observe_write(self, node: int, prev_term: int, entries: Sequence[Entry]) -> None:
         """``prev_term`` is the term of the entry just before ``entries[0]`` in that node's log
@@ -235,6 +236,7 @@ class LogMatching:
         value = (int(entry.kind), entry.data, prev_term)
         key = (entry.index, entry.term)
         known = self._seen.setdefault(key, value)
+        assert len(self._seen) <= self._entries_max, "log matching index over its limit"
         if known == value:
             return
         what = "data" if known[:2] != value[:2] else f"previous term ({known[2]} vs {prev_term})"
@@ -265,7 +267,7 @@ class LeaderCompleteness:
         known = self._committed.get(index)
         if known is None:
             if len(self._committed) >= self._committed_max:
-                raise AssertionError("committed log over its limit: raise committed_max")
+                raise AssertionError("committed log over its limit")
             self._committed[index] = (term, commit_term)
         elif known[0] != term:
             raise InvariantViolation(
@@ -301,7 +303,8 @@ class StateMachineSafety:
     """No two nodes apply different entries at one index; a node applies in order, no gaps,
     each index once per life, counting from the snapshot it restored (Raft 5.4.3, 7)."""
 
-    def __init__(self) -> None:
+    def __init__(self, entries_max: int = 1 << 20) -> None:
+        self._entries_max = entries_max
         self._applied: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, kind, data)
         self._next: dict[int, int] = {}  # node -> index it must apply next
         self._images: dict[int, bytes] = {}  # index -> digest of the state machine image
@@ -332,6 +335,7 @@ class StateMachineSafety:
             )
         value = (entry.term, int(entry.kind), entry.data)
         known = self._applied.setdefault(entry.index, value)
+        assert len(self._applied) <= self._entries_max, "applied index over its limit"
         if known != value:
             raise InvariantViolation(
                 "state machine safety",
@@ -346,6 +350,7 @@ class StateMachineSafety:
     def observe_image(self, node: int, index: int, digest: bytes) -> None:
         """Two state machine images taken at one applied index must be identical."""
         known = self._images.setdefault(index, digest)
+        assert len(self._images) <= self._entries_max, "image index over its limit"
         if known != digest:
             raise InvariantViolation(
                 "state machine safety",
@@ -379,7 +384,36 @@ class Provenance:
 
 
 class AckDurability:
-    """A write is acknowledged only once its entry is durable on a majority (Raft 5.3)."""
+    """An entry counts as committed, and a write is acknowledged, only once the entry is durable
+    on a majority (Raft 5.3). Each committed index is checked once, when a node first reports
+    it committed; each acknowledgement is checked when it is given."""
+
+    def __init__(self) -> None:
+        self._checked_to = 0  # every index up to here was durable on a majority when committed
+
+    def observe_commit(
+        self,
+        node: int,
+        commit_index: int,
+        term_at: Callable[[int], int | None],
+        stores: Sequence[DurableView],
+        voters: int,
+    ) -> None:
+        """``term_at`` reads the reporting node's log (None where it is compacted)."""
+        for index in range(self._checked_to + 1, commit_index + 1):
+            term = term_at(index)
+            if term is None:
+                continue
+            holders = sum(1 for store in stores if store.holds(index, term))
+            if holders * 2 <= voters:
+                raise InvariantViolation(
+                    "committed means durable",
+                    f"committed with the entry durable on {holders} of {voters} nodes",
+                    node=node,
+                    index=index,
+                    term=term,
+                )
+        self._checked_to = max(self._checked_to, commit_index)
 
     def observe_ack(
         self, node: int, index: int, term: int, stores: Sequence[DurableView], voters: int
