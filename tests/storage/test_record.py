@@ -59,7 +59,8 @@ def test_batch_round_trip(
     entries: list[Entry], term: int, vote: int, commit: int, seq: int
 ) -> None:
     hs = HardState(term, vote, commit)
-    data, locations = encode_batch(seq, hs, entries, None, part_bytes=1000)
+    buffer, locations = encode_batch(seq, hs, entries, None, part_bytes=1000)
+    data = bytes(buffer)
     parts: list[BatchPart] = []
     pos = 0
     while pos < len(data):
@@ -75,21 +76,22 @@ def test_batch_round_trip(
     assert parts[-1].hard_state() == hs
     decoded = [e for p in parts for e in p.entries()]
     assert decoded == entries
-    assert sum(loc.count for loc in locations) == len(entries)
+    assert sum(loc.entry_count for loc in locations) == len(entries)
     for loc in locations:
         found = read_frame(data, loc.offset)
         assert isinstance(found, Frame)
         part = decode_batch_part(found.body)
         assert isinstance(part, BatchPart)
         assert part.first_index == loc.first_index
-        for k in range(loc.count):
+        for k in range(loc.entry_count):
             index = loc.first_index + k
             assert part.entry(index) == entries[index - entries[0].index]
 
 
 def test_batch_carries_snapshot_mark_in_first_part_only() -> None:
     entries = [Entry(11 + k, 3, EntryKind.NORMAL, b"x" * 600) for k in range(4)]
-    data, _ = encode_batch(7, HardState(3, 1, 10), entries, (10, 3, False), part_bytes=1000)
+    buffer, _ = encode_batch(7, HardState(3, 1, 10), entries, (10, 3, False), part_bytes=1000)
+    data = bytes(buffer)
     parts = []
     pos = 0
     while pos < len(data):

@@ -40,11 +40,11 @@ class DiskFile(Protocol):
 
     def size(self) -> int: ...
 
-    def append(self, data: bytes) -> int:
+    def append(self, data: bytes | bytearray) -> int:
         """Write ``data`` at the end of the file; returns the offset it was written at."""
         ...
 
-    def write_at(self, offset: int, data: bytes) -> None: ...
+    def write_at(self, offset: int, data: bytes | bytearray) -> None: ...
 
     def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -119,17 +119,18 @@ class OsFile:
     def size(self) -> int:
         return self._size
 
-    def append(self, data: bytes) -> int:
+    def append(self, data: bytes | bytearray) -> int:
         offset = self._size
         self.write_at(offset, data)
         return offset
 
-    def write_at(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], offset + done)
-        self._size = max(self._size, offset + len(view))
+    def write_at(self, offset: int, data: bytes | bytearray) -> None:
+        done = os.pwrite(self._fd, data, offset)
+        if done < len(data):  # a short write: go on from where it stopped
+            with memoryview(data) as view:
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], offset + done)
+        self._size = max(self._size, offset + len(data))
 
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []

@@ -36,7 +36,7 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import crc32c
 import msgspec
@@ -60,6 +60,12 @@ _CRC = struct.Struct("<I")
 _crc = crc32c.crc32c
 _ENCODER = msgspec.msgpack.Encoder()
 _KIND_VALUES = frozenset(int(kind) for kind in EntryKind)
+_NO_HARD_STATE = HardState()
+_NO_TERMS: list[int] = []
+# A part's bytes beyond its entries' data: header, fixed fields, and per entry at most a bin
+# header, a term and a kind. A batch within part_bytes of data always fits in one part.
+_PART_OVERHEAD_BYTES = 256
+_ENTRY_OVERHEAD_BYTES = 16
 
 
 class RecordType(enum.IntEnum):
@@ -285,13 +291,12 @@ def decode_batch_part(body: bytes) -> BatchPart | str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PartLocation:
+class PartLocation(NamedTuple):
     """Where one batch part landed, relative to the start of the batch's bytes."""
 
     offset: int
     first_index: int
-    count: int
+    entry_count: int
     term: int
     terms: tuple[int, ...] | None
 
@@ -320,57 +325,88 @@ def encode_batch(
     entries: Sequence[Entry],
     mark: tuple[int, int, bool] | None,
     part_bytes: int = PART_BYTES_TARGET,
-) -> tuple[bytes, list[PartLocation]]:
+) -> tuple[bytes | bytearray, list[PartLocation]]:
     """The records of one batch, as one buffer for one write call, and where each part is.
 
     ``mark`` is (index, term, keep) of a snapshot the log is cut back to before these entries,
     with the writer's Raft section 7 decision (keep the entries after it or not).
     Raises ``EntryTooLarge`` (before anything is written) for an entry over
-    ``ENTRY_BYTES_MAX``.
+    ``ENTRY_BYTES_MAX``. This is the hot path of every save: one list pass per field, one
+    msgpack call and one checksum per part, and a single part for all but huge batches.
     """
     datas = [e.data for e in entries]
-    total = sum(map(len, datas))
-    if total > ENTRY_BYTES_MAX:
+    record, location = _encode_part(
+        batch_seq, 0, entries, datas, hard_state=hard_state, mark=mark, offset=0
+    )
+    if len(record) <= part_bytes + _PART_OVERHEAD_BYTES + _ENTRY_OVERHEAD_BYTES * len(datas):
+        return record, [location] if location is not None else []
+    # Rare: a batch too large for one record. Encoding it whole first was wasted work, but
+    # it spared every ordinary batch a pass to add up its sizes.
+    if len(record) > ENTRY_BYTES_MAX:
         _check_entry_sizes(entries)
-    chunks = [(0, len(datas))] if total <= part_bytes else _split(datas, part_bytes)
-    out: list[bytes] = []
+    out: list[bytearray] = []
     locations: list[PartLocation] = []
     offset = 0
+    chunks = _split(datas, part_bytes)
     for k, (lo, hi) in enumerate(chunks):
-        final = k == len(chunks) - 1
-        part = entries[lo:hi] if len(chunks) > 1 else entries
-        terms = [e.term for e in part]
-        term = terms[0] if terms else 0
-        uniform = terms.count(term) == len(terms)
-        kinds = [e.kind for e in part]
-        normal = kinds.count(EntryKind.NORMAL) == len(kinds)
-        snap_index, snap_term, snap_keep = mark if (mark and k == 0) else (0, 0, False)
-        hs = hard_state if final else HardState()
-        body = _ENCODER.encode(
-            (
-                batch_seq,
-                k,
-                final,
-                snap_index,
-                snap_term,
-                snap_keep,
-                part[0].index if part else 0,
-                term,
-                [] if uniform else terms,
-                b"" if normal else bytes(kinds),
-                datas[lo:hi] if len(chunks) > 1 else datas,
-                hs.term,
-                hs.voted_for,
-                hs.commit_index,
-            )
+        hs = hard_state if k == len(chunks) - 1 else None
+        part_mark = mark if k == 0 else None
+        record, location = _encode_part(
+            batch_seq, k, entries[lo:hi], datas[lo:hi], hard_state=hs, mark=part_mark, offset=offset
         )
-        record = frame(RecordType.BATCH, body)
         out.append(record)
-        if part:
-            locations.append(
-                PartLocation(
-                    offset, part[0].index, len(part), term, None if uniform else tuple(terms)
-                )
-            )
+        if location is not None:
+            locations.append(location)
         offset += len(record)
     return b"".join(out), locations
+
+
+def _encode_part(
+    batch_seq: int,
+    part: int,
+    entries: Sequence[Entry],
+    datas: list[bytes],
+    *,
+    hard_state: HardState | None,
+    mark: tuple[int, int, bool] | None,
+    offset: int,
+) -> tuple[bytearray, PartLocation | None]:
+    """One BATCH record; ``hard_state`` is given for the final part only. Encoded in place
+    behind the room for its header, so the body is never copied."""
+    terms = [e.term for e in entries]
+    term = terms[0] if terms else 0
+    uniform = terms.count(term) == len(terms)
+    kinds = [e.kind for e in entries]
+    normal = kinds.count(EntryKind.NORMAL) == len(kinds)
+    snap_index, snap_term, snap_keep = mark if mark is not None else (0, 0, False)
+    hs = hard_state if hard_state is not None else _NO_HARD_STATE
+    first = entries[0].index if entries else 0
+    record = bytearray(HEADER_BYTES)  # the body is encoded right after the header's room
+    _ENCODER.encode_into(
+        (
+            batch_seq,
+            part,
+            hard_state is not None,
+            snap_index,
+            snap_term,
+            snap_keep,
+            first,
+            term,
+            _NO_TERMS if uniform else terms,
+            b"" if normal else bytes(kinds),
+            datas,
+            hs.term,
+            hs.voted_for,
+            hs.commit_index,
+        ),
+        record,
+        HEADER_BYTES,
+    )
+    _HEAD.pack_into(record, 0, MAGIC, RecordType.BATCH, 0, len(record) - HEADER_BYTES)
+    view = memoryview(record)
+    _CRC.pack_into(record, 8, _crc(view[HEADER_BYTES:], _crc(view[:8])))
+    view.release()
+    if not entries:
+        return record, None
+    terms_kept = None if uniform else tuple(terms)
+    return record, PartLocation(offset, first, len(entries), term, terms_kept)

@@ -155,12 +155,12 @@ class SimFile:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF), self._path)
         return len(self._inode.data)
 
-    def append(self, data: bytes) -> int:
+    def append(self, data: bytes | bytearray) -> int:
         offset = len(self._inode.data)
         self.write_at(offset, data)
         return offset
 
-    def write_at(self, offset: int, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray) -> None:
         self._enter(DiskOp.WRITE)
         grow = max(0, offset + len(data) - len(self._inode.data))
         error = self._disk.draw_fault(DiskOp.WRITE, self._path, grow)

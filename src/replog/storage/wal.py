@@ -182,7 +182,7 @@ class Wal:
             ok = index.apply_mark(*mark)
             assert ok, "snapshot mark inconsistent with the log"
         for loc in locations:
-            first, last = loc.first_index, loc.first_index + loc.count - 1
+            first, last = loc.first_index, loc.first_index + loc.entry_count - 1
             ok = index.put(Run(first, first, last, seq, base + loc.offset, loc.term, loc.terms))
             assert ok, "entries must continue the log"
         self.hard_state = hard_state
