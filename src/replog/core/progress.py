@@ -62,8 +62,10 @@ class Inflights:
 
 class Progress:
     __slots__ = (
-        "acked_since_heartbeat",
+        "heartbeat_mark",
+        "heartbeat_seq",
         "inflights",
+        "match_at_last_round",
         "match_index",
         "next_index",
         "pending_snapshot_index",
@@ -79,7 +81,9 @@ class Progress:
         self.probe_sent = False
         self.pending_snapshot_index = 0
         self.recent_active = False
-        self.acked_since_heartbeat = False
+        self.heartbeat_seq = 0
+        self.heartbeat_mark = 0
+        self.match_at_last_round = 0
         self.inflights = Inflights(max_inflight)
 
     def __repr__(self) -> str:
@@ -137,7 +141,6 @@ class Progress:
 
     def on_append_success(self, match_index: int) -> bool:
         """A follower accepted an append up to ``match_index``; says whether anything changed."""
-        self.acked_since_heartbeat = True
         updated = self.maybe_update(match_index)
         if self.state is ProgressState.PROBE and (updated or match_index == self.match_index):
             self.become_replicate()
@@ -151,19 +154,40 @@ class Progress:
             self.inflights.free_to(match_index)
         return updated
 
-    def on_heartbeat_response(self, last_index: int) -> None:
-        """Unpause a probe; in REPLICATE, a whole heartbeat interval without any acknowledgement
-        while appends are outstanding means they were lost, so fall back to probing."""
+    def abandon_snapshot(self) -> None:
+        """The snapshot in flight was not acknowledged in time: probe again from ``match``."""
+        assert self.state is ProgressState.SNAPSHOT
+        self.pending_snapshot_index = 0
+        self.become_probe()
+
+    def on_heartbeat_sent(self, seq: int) -> None:
+        """Remember what had been sent when heartbeat ``seq`` left."""
+        self.heartbeat_seq = seq
+        self.heartbeat_mark = self.next_index - 1
+
+    def on_heartbeat_response(self, seq: int) -> None:
+        """Unpause a probe. In REPLICATE, links deliver in order, so an answer to heartbeat
+        ``seq`` while appends sent before it are still unacknowledged means they were lost:
+        fall back to probing from ``match_index``."""
         if self.state is ProgressState.PROBE:
             self.probe_sent = False
         elif (
             self.state is ProgressState.REPLICATE
-            and not self.acked_since_heartbeat
-            and self.match_index < last_index
-            and len(self.inflights)
+            and seq == self.heartbeat_seq
+            and self.match_index < self.heartbeat_mark
         ):
             self.become_probe()
-        self.acked_since_heartbeat = False
+
+    def stalled(self) -> bool:
+        """Whether appends are outstanding and nothing was acknowledged since the last call
+        (the leader asks once per election timeout, a fallback for lost heartbeat answers)."""
+        stalled = (
+            self.state is ProgressState.REPLICATE
+            and len(self.inflights) > 0
+            and self.match_index == self.match_at_last_round
+        )
+        self.match_at_last_round = self.match_index
+        return stalled
 
     def maybe_decrease(self, reject_index: int, hint_index: int) -> bool:
         """A follower rejected the append whose previous entry was ``reject_index``; the leader

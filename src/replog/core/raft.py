@@ -129,6 +129,10 @@ class RaftNode:
         self._heartbeat_elapsed = 0
         self._election_timeout = config.election_timeout_ticks
         self._ticks = 0
+        # After a restart, this node may have acknowledged a leader's heartbeat just before it
+        # went down; it honours that leader's lease for one election timeout (a node that never
+        # saw any term cannot have).
+        self._restart_lease_ticks = config.election_timeout_ticks if hard.term > 0 else 0
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads = PendingReads(config.max_pending_reads)
@@ -263,7 +267,7 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self.config.election_timeout_ticks:
             self._election_elapsed = 0
-            self._retry_stuck_snapshots()
+            self._retry_stuck_progress()
             if self.config.check_quorum and not self._quorum_recently_active():
                 self._become_follower(self.term, NO_NODE)
                 return
@@ -280,10 +284,18 @@ class RaftNode:
             pr.recent_active = member == self.node_id
         return self._quorum.is_quorum(active)
 
-    def _retry_stuck_snapshots(self) -> None:
-        for pr in self.progress.values():
+    def _retry_stuck_progress(self) -> None:
+        """Once per election timeout: resend what seems lost (a snapshot or a window of appends
+        that nobody acknowledged)."""
+        for member, pr in self.progress.items():
+            if member == self.node_id:
+                continue
             if pr.state is ProgressState.SNAPSHOT:
+                pr.abandon_snapshot()
+                self._send_append(member)
+            elif pr.stalled():
                 pr.become_probe()
+                self._send_append(member)
 
     def _promotable(self) -> bool:
         return self.membership.is_voter(self.node_id)
@@ -373,11 +385,13 @@ class RaftNode:
         if isinstance(m, RequestVote):
             in_lease = (
                 self.config.check_quorum
-                and self.leader_id != NO_NODE
-                and self._election_elapsed < self.config.election_timeout_ticks
+                and self._election_elapsed < (self.config.election_timeout_ticks)
+                and (self.leader_id != NO_NODE or self._ticks < self._restart_lease_ticks)
             )
+            # A live leader is known, or this node has just started and may have promised a
+            # leader its lease before the restart (it cannot remember): do not disrupt it.
             if in_lease and not m.transfer:
-                return False  # a live leader is known: do not let this candidate disrupt it
+                return False
             if m.pre_vote:
                 return True  # a pre-vote never moves our term
         if isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
@@ -486,9 +500,9 @@ class RaftNode:
             return
         pr.recent_active = True
         if not m.success:
-            hint_index = m.reject_index - 1
-            if m.hint_term > 0:
-                hint_index, _ = self.log.conflict_hint(m.hint_index, m.hint_term)
+            # Our last entry at or below the follower's hint whose term is no newer than the
+            # hint's: everything after it in a term the follower lacks is skipped at once.
+            hint_index, _ = self.log.conflict_hint(m.hint_index, m.hint_term)
             if pr.maybe_decrease(m.reject_index, hint_index):
                 self._send_append(m.sender)
             return
@@ -506,7 +520,7 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
-        pr.on_heartbeat_response(self.log.last_index())
+        pr.on_heartbeat_response(m.read_seq)
         if pr.match_index < self.log.last_index():
             self._send_append(m.sender)
         if m.read_seq:
@@ -521,7 +535,9 @@ class RaftNode:
         if index <= self.log.commit_index or self.log.term(index) != self.term:
             return False
         for entry in self.log.slice(self.log.commit_index + 1, index + 1):
-            self._uncommitted_bytes = max(0, self._uncommitted_bytes - entry.size_bytes())
+            if entry.term == self.term and entry.kind is EntryKind.NORMAL:  # proposed by us
+                self._uncommitted_bytes -= entry.size_bytes()
+        assert self._uncommitted_bytes >= 0
         self.log.commit_to(index)
         self._on_commit_in_term()
         return True
@@ -572,7 +588,9 @@ class RaftNode:
         for member in sorted(self.progress):
             if member == self.node_id:
                 continue
-            commit = min(self.progress[member].match_index, self.log.commit_index)
+            pr = self.progress[member]
+            pr.on_heartbeat_sent(read_seq)
+            commit = min(pr.match_index, self.log.commit_index)
             self._send(Heartbeat(self.term, self.node_id, member, commit, read_seq))
 
     # ---- client requests ---------------------------------------------------------------------
