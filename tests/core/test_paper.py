@@ -1152,6 +1152,74 @@ def test_a_single_entry_over_the_bound_is_still_accepted() -> None:
     assert leader.propose(b"x" * 100) == 3
 
 
+def test_pipelined_appends_are_bounded_by_the_inflight_window() -> None:
+    c, leader = committed_cluster(b"a", max_inflight_messages=2, max_message_bytes=1)
+    c.drop = lambda m: m.sender == 3 and isinstance(m, AppendEntriesResponse)
+    first = len(c.sent)
+
+    for k in range(10):
+        leader.propose(b"%d" % k)
+    c.deliver()
+
+    # One entry per message, and node 3 acknowledges none of them: after two messages the
+    # window is full and the leader waits.
+    def carrying_entries(to: int) -> list[AppendEntries]:
+        return [m for m in c.sent[first:] if is_msg(AppendEntries, receiver=to)(m) and m.entries]
+
+    assert [len(m.entries) for m in carrying_entries(2)] == [1] * 10
+    assert len(carrying_entries(3)) == 2
+    c.heal()
+    c.tick(3)
+    assert c.log_terms(3) == c.log_terms(1)
+
+
+def test_appends_are_batched_within_the_message_size_limit() -> None:
+    c, leader = committed_cluster(b"a", max_message_bytes=250)
+    c.drop = lambda m: m.receiver == 3 and isinstance(m, AppendEntries)
+    for k in range(9):
+        leader.propose(b"x" * 76 + b"%d" % k)  # 101 bytes each
+    c.deliver()
+    c.heal()
+    first = len(c.sent)
+
+    c.tick(2)  # node 3 catches up on nine entries at once
+
+    sizes = [
+        sum(e.size_bytes() for e in m.entries)
+        for m in c.sent[first:]
+        if is_msg(AppendEntries, receiver=3)(m) and m.entries
+    ]
+    assert sizes and all(size <= 250 for size in sizes)
+    assert sum(size // 101 for size in sizes) == 9
+    assert c.data(3) == c.data(1)
+
+
+def test_committed_entries_are_handed_over_in_bounded_batches() -> None:
+    c = Cluster([1], max_apply_bytes=100)
+    leader = c.elect(1)
+    for k in range(6):
+        leader.propose(b"x" * 26 + b"%d" % k)  # 51 bytes each
+    leader_rd = leader.ready()
+    leader.advance(leader_rd)
+    batches = []
+    while leader.has_ready():
+        rd = leader.ready()
+        batches.append([e.index for e in rd.committed_entries])
+        leader.advance(rd)
+
+    # Each Ready applies at most max_apply_bytes (at least one entry), in order, each once.
+    assert [i for batch in batches for i in batch] == [2, 3, 4, 5, 6, 7]
+    assert all(1 <= len(batch) <= 2 for batch in batches)
+
+
+def test_nothing_to_do_means_no_ready() -> None:
+    c, leader = committed_cluster(b"a")
+    c.tick(1)
+    assert not any(node.has_ready() for node in c.nodes.values())
+    leader.propose(b"b")
+    assert leader.has_ready()
+
+
 # ==== Restarts and determinism ===============================================================
 
 
