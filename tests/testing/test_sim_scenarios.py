@@ -6,8 +6,6 @@ import collections
 import random
 from collections.abc import Callable
 
-import pytest
-
 from replog.core.types import Role
 from replog.testing.cluster import Cluster, ClusterSettings
 from replog.testing.events import EventQueue, Trace
@@ -100,11 +98,8 @@ def test_read_index_is_not_stale_after_a_follower_restart() -> None:
     assert result in (None, ("fail", None), ("ok", 2)), "the isolated leader cannot confirm"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a restarted follower forgets it was inside the leader's lease and votes at "
-    "once, so the old leader keeps serving lease reads after a new leader has committed",
-)
 def test_lease_read_is_not_stale_after_a_follower_restart() -> None:
+    """Regression: a restarted follower used to forget it had granted the leader its lease and
+    voted at once, so the old leader kept serving lease reads after a new leader committed."""
     result = stale_read_after_follower_restart(lease_reads=True)
     assert result != ("ok", 1), "stale read: x=2 was acknowledged before the read, read 1"

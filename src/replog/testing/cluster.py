@@ -177,7 +177,8 @@ class SimNode:
         )
 
 
-StoreFactory = Callable[[int], DurableStore]
+StoreFactory = Callable[[int, random.Random], DurableStore]
+"""Builds the durable store of a node from its id and a generator derived from the seed."""
 
 
 class Cluster:
@@ -202,11 +203,15 @@ class Cluster:
         self._boot_rng = random.Random(rng.getrandbits(64))
         self._clock_rng = random.Random(rng.getrandbits(64))
         network_rng = random.Random(rng.getrandbits(64))
+        store_rng = random.Random(rng.getrandbits(64))
         self.queue = queue
         self.trace = trace
         self.faults = faults
         self.checker = checker
-        self.nodes = {n: SimNode(n, store_factory(n)) for n in self.node_ids}
+        self.nodes = {
+            n: SimNode(n, store_factory(n, random.Random(store_rng.getrandbits(64))))
+            for n in self.node_ids
+        }
         self._stores = [node.store for node in self.nodes.values()]
         self.network = SimNetwork(
             self.node_ids,

@@ -27,6 +27,7 @@ bytes on ``crash_and_recover`` is exactly what that protocol is for.
 
 from __future__ import annotations
 
+import random
 from typing import Protocol
 
 from replog.core.types import Entry, HardState, PersistentState, Ready, Snapshot
@@ -61,7 +62,7 @@ class DurableStore(Protocol):
 class MemoryStore:
     """An in-memory durable store: every ``save`` is fsynced when it returns."""
 
-    def __init__(self, node_id: int) -> None:
+    def __init__(self, node_id: int, rng: random.Random | None = None) -> None:
         self.node_id = node_id
         self.hard_state = HardState()
         self.snapshot: Snapshot | None = None
