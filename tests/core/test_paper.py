@@ -696,11 +696,6 @@ def test_7_lost_snapshot_is_sent_again_once_there_is_traffic() -> None:
     assert c.data(3) == [b"c"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: an abandoned snapshot is treated as delivered; an idle leader then "
-    "never repairs the follower",
-)
 def test_7_lost_snapshot_is_sent_again() -> None:
     c, leader = lost_snapshot_cluster()
 
@@ -1125,10 +1120,6 @@ def uncommitted_bytes(node: RaftNode) -> int:
     return sum(e.size_bytes() for e in node.entries(node.commit_index + 1, node.last_index + 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: committing the leader's no-op subtracts bytes never added to the count",
-)
 def test_uncommitted_bytes_bound_holds_when_the_noop_commits_with_proposals() -> None:
     c = Cluster([1, 2, 3], max_uncommitted_bytes=100, max_message_bytes=1)
     c.drop = lambda m: isinstance(m, AppendEntries) and m.entries != ()

@@ -78,7 +78,8 @@ def test_probe_sends_one_append_then_pauses() -> None:
 def test_heartbeat_response_unpauses_a_probe() -> None:
     pr = Progress(next_index=5, max_inflight=4)
     pr.sent_entries(last_index=7, count=3)
-    pr.on_heartbeat_response(last_index=7)
+    pr.on_heartbeat_sent(1)
+    pr.on_heartbeat_response(1)
     assert pr.state is PROBE
     assert not pr.is_paused()
 
@@ -219,7 +220,7 @@ def test_snapshot_pauses_until_the_follower_reaches_it() -> None:
     assert not pr.is_paused()
 
 
-def test_abandoned_snapshot_probes_after_the_snapshot_index() -> None:
+def test_snapshot_known_applied_probes_after_the_snapshot_index() -> None:
     pr = replicating(match=5)
     pr.become_snapshot(20)
     pr.become_probe()
@@ -228,51 +229,82 @@ def test_abandoned_snapshot_probes_after_the_snapshot_index() -> None:
     assert pr.pending_snapshot_index == 0
 
 
+def test_abandoned_snapshot_probes_again_from_match() -> None:
+    # Nothing says the snapshot arrived, so the leader must not assume the follower holds it.
+    pr = replicating(match=5)
+    pr.become_snapshot(20)
+    pr.abandon_snapshot()
+    assert pr.state is PROBE
+    assert (pr.match_index, pr.next_index) == (5, 6)
+    assert not pr.is_paused()
+    with pytest.raises(AssertionError):
+        pr.abandon_snapshot()  # only a snapshot in flight can be abandoned
+
+
 def test_heartbeat_response_does_not_unpause_a_snapshot() -> None:
     pr = Progress(next_index=3, max_inflight=4)
     pr.become_snapshot(20)
-    pr.on_heartbeat_response(last_index=25)
+    pr.on_heartbeat_sent(1)
+    pr.on_heartbeat_response(1)
     assert pr.state is SNAPSHOT
     assert pr.is_paused()
 
 
-# ---- heartbeat fallback --------------------------------------------------------------------
+# ---- detecting lost appends ----------------------------------------------------------------
 
 
-def test_replicate_falls_back_to_probe_after_a_silent_heartbeat_interval() -> None:
+def test_answer_to_a_heartbeat_sent_after_unacknowledged_appends_means_they_were_lost() -> None:
     pr = replicating(match=4)
-    pr.on_heartbeat_response(last_index=4)  # start of an interval
     pr.sent_entries(last_index=6, count=2)
-    pr.on_heartbeat_response(last_index=6)
-    # Appends are outstanding and nothing was acknowledged since the last heartbeat response:
-    # the appends are presumed lost, and the leader probes from the match index again.
+    pr.on_heartbeat_sent(1)
+    # Links deliver in order: the heartbeat's answer overtook no acknowledgement of 5..6, so
+    # the append was lost, and the leader probes from the match index again.
+    pr.on_heartbeat_response(1)
     assert pr.state is PROBE
     assert pr.next_index == 5
     assert len(pr.inflights) == 0
 
 
-def test_replicate_keeps_streaming_while_acknowledgements_flow() -> None:
+def test_append_sent_after_the_heartbeat_is_not_presumed_lost() -> None:
     pr = replicating(match=4)
-    pr.on_heartbeat_response(last_index=4)
+    pr.on_heartbeat_sent(1)
     pr.sent_entries(last_index=6, count=2)
-    pr.sent_entries(last_index=8, count=2)
-    assert pr.on_append_success(6)
-    pr.on_heartbeat_response(last_index=8)
+    pr.on_heartbeat_response(1)  # its acknowledgement may well be on its way
     assert pr.state is REPLICATE
-    # The acknowledgement counted for one interval only: the next silent one falls back.
-    pr.on_heartbeat_response(last_index=8)
-    assert pr.state is PROBE
     assert pr.next_index == 7
 
 
-@pytest.mark.parametrize("leader_last", [4, 8])
-def test_no_fallback_without_outstanding_appends(leader_last: int) -> None:
-    # Whether or not the leader has entries the follower lacks, nothing in flight means
-    # nothing was lost.
+def test_answer_to_an_older_heartbeat_says_nothing() -> None:
     pr = replicating(match=4)
-    pr.on_heartbeat_response(last_index=4)
-    pr.on_heartbeat_response(last_index=leader_last)
+    pr.on_heartbeat_sent(1)
+    pr.sent_entries(last_index=6, count=2)
+    pr.on_heartbeat_sent(2)
+    pr.on_heartbeat_response(1)
     assert pr.state is REPLICATE
+
+
+def test_acknowledged_appends_keep_replicate_streaming() -> None:
+    pr = replicating(match=4)
+    pr.sent_entries(last_index=6, count=2)
+    pr.sent_entries(last_index=8, count=2)
+    pr.on_heartbeat_sent(1)
+    assert pr.on_append_success(8)
+    pr.on_heartbeat_response(1)
+    assert pr.state is REPLICATE
+    assert pr.next_index == 9
+
+
+def test_stalled_needs_outstanding_appends_and_no_progress_between_two_checks() -> None:
+    pr = replicating(match=4)
+    assert not pr.stalled()  # nothing in flight
+    pr.sent_entries(last_index=6, count=2)
+    assert pr.stalled()  # in flight, and nothing acknowledged since the last check
+    pr.sent_entries(last_index=8, count=2)
+    assert pr.on_append_success(6)
+    assert not pr.stalled()  # the follower moved
+    assert pr.stalled()
+    pr.become_probe()
+    assert not pr.stalled()  # only a stream can stall; a probe waits for its heartbeat
 
 
 # ---- invariants under any interleaving -----------------------------------------------------
@@ -280,17 +312,21 @@ def test_no_fallback_without_outstanding_appends(leader_last: int) -> None:
 
 class LeaderAndFollower(RuleBasedStateMachine):
     """A leader's Progress for one follower whose log is a prefix of the leader's, driven by
-    sends, duplicated and reordered deliveries, heartbeats, snapshots and new proposals. The
-    leader must never believe the follower holds more than it does."""
+    sends, heartbeats, duplicated and reordered deliveries, snapshots, the leader's periodic
+    checks and new proposals. The leader must never believe the follower holds more than it
+    does, and once the network behaves the follower catches up."""
 
     def __init__(self) -> None:
         super().__init__()
         self.leader_last = 5
         self.snapshot_index = 0
         self.follower_last = 0
+        self.heartbeat_seq = 0
         self.pr = Progress(next_index=self.leader_last + 1, max_inflight=3)
-        self.in_flight: list[tuple[str, int, int]] = []  # ("append", prev, count) | ("snap", i, 0)
-        self.answers: list[tuple[bool, int, int]] = []  # (success, match or reject, hint)
+        # To the follower: ("append", prev, count), ("snap", index, 0), ("heartbeat", seq, 0).
+        # To the leader: ("ok", match, 0), ("reject", reject_index, hint), ("heartbeat", seq, 0).
+        self.in_flight: list[tuple[str, int, int]] = []
+        self.answers: list[tuple[str, int, int]] = []
 
     @initialize(follower_last=st.integers(min_value=0, max_value=5))
     def follower_log(self, follower_last: int) -> None:
@@ -319,6 +355,12 @@ class LeaderAndFollower(RuleBasedStateMachine):
                 return
             send_if_empty = False
 
+    @rule()
+    def heartbeat(self) -> None:
+        self.heartbeat_seq += 1
+        self.pr.on_heartbeat_sent(self.heartbeat_seq)
+        self.in_flight.append(("heartbeat", self.heartbeat_seq, 0))
+
     @precondition(lambda self: self.in_flight)
     @rule(data=st.data(), duplicate=st.booleans())
     def follower_receives(self, data: st.DataObject, duplicate: bool) -> None:
@@ -326,14 +368,16 @@ class LeaderAndFollower(RuleBasedStateMachine):
         self._follower_receives(*(self.in_flight[k] if duplicate else self.in_flight.pop(k)))
 
     def _follower_receives(self, kind: str, index: int, count: int) -> None:
-        if kind == "snap":
+        if kind == "heartbeat":
+            self.answers.append(("heartbeat", index, 0))
+        elif kind == "snap":
             self.follower_last = max(self.follower_last, index)
-            self.answers.append((True, index, 0))
+            self.answers.append(("ok", index, 0))
         elif index <= self.follower_last:
             self.follower_last = max(self.follower_last, index + count)
-            self.answers.append((True, index + count, 0))
+            self.answers.append(("ok", index + count, 0))
         else:
-            self.answers.append((False, index, self.follower_last))
+            self.answers.append(("reject", index, self.follower_last))
 
     @precondition(lambda self: self.answers)
     @rule(data=st.data(), duplicate=st.booleans())
@@ -341,34 +385,36 @@ class LeaderAndFollower(RuleBasedStateMachine):
         k = data.draw(st.integers(min_value=0, max_value=len(self.answers) - 1))
         self._leader_receives(*(self.answers[k] if duplicate else self.answers.pop(k)))
 
-    def _leader_receives(self, success: bool, index: int, hint: int) -> None:
-        if success:
+    def _leader_receives(self, kind: str, index: int, hint: int) -> None:
+        if kind == "heartbeat":
+            self.pr.on_heartbeat_response(index)
+        elif kind == "ok":
             self.pr.on_append_success(index)
         else:
             self.pr.maybe_decrease(index, hint)
 
     @rule(batch=st.integers(min_value=1, max_value=4))
-    def send_and_deliver(self, batch: int) -> None:
-        # A lossless round trip: everything in flight arrives in order and is answered.
+    def round_trip(self, batch: int) -> None:
+        # A lossless round trip: sends and a heartbeat arrive in order and are answered in order.
         self.send(batch, send_if_empty=True)
+        self.heartbeat()
         while self.in_flight:
             self._follower_receives(*self.in_flight.pop(0))
         while self.answers:
             self._leader_receives(*self.answers.pop(0))
 
     @rule()
-    def heartbeat_response(self) -> None:
-        self.pr.on_heartbeat_response(self.leader_last)
+    def election_timeout_check(self) -> None:
+        # RaftNode._retry_stuck_progress.
+        if self.pr.state is SNAPSHOT:
+            self.pr.abandon_snapshot()
+        elif self.pr.stalled():
+            self.pr.become_probe()
 
     @precondition(lambda self: self.snapshot_index + 4 <= self.leader_last)
     @rule()
     def compact(self) -> None:
         self.snapshot_index = self.leader_last
-
-    @rule()
-    def abandon_snapshot(self) -> None:
-        if self.pr.state is SNAPSHOT:
-            self.pr.become_probe()
 
     @invariant()
     def leader_never_overestimates_the_follower(self) -> None:
@@ -386,13 +432,13 @@ class LeaderAndFollower(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         # Whatever happened before, once messages stop getting lost the follower catches up
-        # (a probe, then windows of 3 messages of 4 entries per round trip).
+        # (after at most one election-timeout check, a probe, then windows of 3 messages of 4
+        # entries per round trip).
         self.in_flight.clear()
         self.answers.clear()
+        self.election_timeout_check()
         for _ in range(4 + self.leader_last // 12):
-            self.heartbeat_response()
-            self.abandon_snapshot()
-            self.send_and_deliver(batch=4)
+            self.round_trip(batch=4)
         assert self.pr.match_index == self.follower_last == self.leader_last
 
 

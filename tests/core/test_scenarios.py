@@ -202,10 +202,6 @@ def test_leader_backs_up_over_a_long_divergent_log_a_term_at_a_time(
     assert 1 <= rejections_by_sender(c.sent)[3] <= len(divergent_terms)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a hint of term 0 makes the leader back up one entry per round trip",
-)
 @pytest.mark.parametrize(
     "follower_log", [(), (3,) * 1000], ids=["empty-follower", "divergent-from-the-first-entry"]
 )
@@ -357,11 +353,6 @@ def test_duplicated_and_reordered_messages_still_converge(seed: int) -> None:
 # ==== flow control in a healthy network =====================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: an append sent after a heartbeat is presumed lost when that heartbeat "
-    "is answered, and sent again",
-)
 def test_lossless_network_carries_each_entry_once() -> None:
     c = Cluster([1, 2, 3])
     leader = c.elect(1)
