@@ -49,6 +49,12 @@ def test_json_summary() -> None:
     assert summary["events_per_seed"] > 1500
 
 
+def test_wal_store() -> None:
+    code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500", "--store", "wal")
+    assert code == 0, out
+    assert "store         wal" in out
+
+
 def test_random_start_without_seed() -> None:
     code, out, _ = invoke("--seeds", "1", "--events", "500", "--output", "json")
     assert code == 0, out

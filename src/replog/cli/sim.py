@@ -12,9 +12,13 @@ import sys
 
 import click
 
+from replog.testing.cluster import StoreFactory
+from replog.testing.durable import MemoryStore
 from replog.testing.sim import RunSummary, SeedResult, SimConfig, run_seed, run_seeds
+from replog.testing.walstore import WalStore
 
 DEFAULT_EVENTS = SimConfig().events
+STORES: dict[str, StoreFactory] = {"memory": MemoryStore, "wal": WalStore}
 
 
 @click.command()
@@ -53,6 +57,13 @@ DEFAULT_EVENTS = SimConfig().events
     show_default=True,
     help="Summary format.",
 )
+@click.option(
+    "--store",
+    type=click.Choice(["memory", "wal"]),
+    default="memory",
+    show_default=True,
+    help="Durable store of each node: in memory, or the real WAL on a simulated disk.",
+)
 @click.option("--trace", is_flag=True, help="Print every trace line of one seed as it runs.")
 @click.option(
     "--keep-going", is_flag=True, help="Run every seed even after a violation (default: stop)."
@@ -70,6 +81,7 @@ def sim(
     nodes: str,
     events: int,
     output: str,
+    store: str,
     trace: bool,
     keep_going: bool,
     linearizability: bool,
@@ -93,32 +105,37 @@ def sim(
         count = 1 if first_seed is not None else 100
     start = first_seed if first_seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
     config = SimConfig(nodes=int(nodes), events=events, check_linearizability=linearizability)
+    factory = STORES[store]
     if trace:
         if count != 1:
             raise click.UsageError("--trace prints one seed: give --seed S without --seeds N")
-        _trace_one(start, config)
+        _trace_one(start, config, factory, store)
         return
-    summary = run_seeds(range(start, start + count), config, stop_on_failure=not keep_going)
+    summary = run_seeds(
+        range(start, start + count), config, stop_on_failure=not keep_going, store_factory=factory
+    )
     if output == "json":
         click.echo(json.dumps({"first_seed": start, **summary.to_json()}, indent=2))
     else:
-        _print_text(summary, start, count, config)
+        _print_text(summary, start, count, config, store)
     if summary.violations:
         failure = summary.failures[0]
-        click.echo(f"violation in seed {failure.seed}: {_replay(failure, config)}", err=True)
+        click.echo(f"violation in seed {failure.seed}: {_replay(failure, config, store)}", err=True)
         sys.exit(1)
 
 
-def _trace_one(seed: int, config: SimConfig) -> None:
-    result = run_seed(seed, config, trace_sink=click.echo)
+def _trace_one(seed: int, config: SimConfig, factory: StoreFactory, store: str) -> None:
+    result = run_seed(seed, config, trace_sink=click.echo, store_factory=factory)
     click.echo(f"# {_one_line(result)}")
     if result.failed:
         click.echo(f"# VIOLATION: {result.violation}")
+        click.echo(f"# replay: {_replay(result, config, store)}")
         sys.exit(1)
 
 
-def _replay(result: SeedResult, config: SimConfig) -> str:
-    return f"replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}"
+def _replay(result: SeedResult, config: SimConfig, store: str) -> str:
+    command = f"replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}"
+    return command if store == "memory" else f"{command} --store {store}"
 
 
 def _one_line(result: SeedResult) -> str:
@@ -129,19 +146,20 @@ def _one_line(result: SeedResult) -> str:
     )
 
 
-def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig) -> None:
+def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig, store: str) -> None:
     events_per_s = summary.events / summary.wall_s if summary.wall_s > 0 else 0.0
     faults = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.faults.items())) or "none"
     checks = ", ".join(f"{k} {n}" for k, n in sorted(summary.linearizability.items()))
     rows = [
         ("seeds", f"{summary.seeds} of {start}..{start + count - 1}, {config.nodes} nodes"),
+        ("store", store),
         ("events", f"{summary.events:,} ({summary.events_per_seed:,.0f} per seed)"),
         ("elections", f"{summary.elections:,}"),
         ("commits", f"{summary.commits:,}"),
         ("reads", f"{summary.reads:,}"),
         ("snapshots", f"{summary.snapshots:,}"),
         ("faults", faults),
-        ("linearizable", checks or "not checked"),
+        ("linearizability", checks or "not checked"),
         ("violations", f"{summary.violations}"),
         ("speed", f"{summary.seeds_per_s:.2f} seeds/s, {events_per_s:,.0f} events/s"),
     ]
@@ -151,7 +169,7 @@ def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig) 
         click.echo("")
         click.echo(f"FAIL seed {failure.seed}: {failure.violation}")
         click.echo(f"world: {failure.plan}")
-        click.echo(f"replay: {_replay(failure, config)}")
+        click.echo(f"replay: {_replay(failure, config, store)}")
         click.echo(f"trace tail (last {len(failure.trace_tail)} events):")
         for line in failure.trace_tail:
             click.echo(f"  {line}")

@@ -269,11 +269,12 @@ class Cluster:
         if node.raft is not None:
             return
         state = node.store.crash_and_recover()
+        snapshot_index = state.snapshot.meta.index if state.snapshot else 0
+        last_index = state.entries[-1].index if state.entries else snapshot_index
         self.trace.record(
             f"n{node_id} RESTART term={state.hard_state.term}"
             f" commit={state.hard_state.commit_index}"
-            f" snapshot={state.snapshot.meta.index if state.snapshot else 0}"
-            f" entries={len(state.entries)}"
+            f" snapshot={snapshot_index} last={max(last_index, snapshot_index)}"
         )
         self._boot(node, state)
 

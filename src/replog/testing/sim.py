@@ -50,7 +50,7 @@ class SimConfig:
     """What every seed of a run shares. The seed decides everything else."""
 
     nodes: int = 3
-    events: int = 3000
+    events: int = 10_000
     clients: int = 3
     keys: int = 2
     tick_ms: int = 10
@@ -337,13 +337,14 @@ def run_seeds(
     *,
     stop_on_failure: bool = False,
     on_result: Callable[[SeedResult], None] | None = None,
+    store_factory: StoreFactory = MemoryStore,
 ) -> RunSummary:
     """Run every seed; returns the totals (and the first failing seeds' reports)."""
     config = config or SimConfig()
     summary = RunSummary(nodes=config.nodes)
     started = time.perf_counter()
     for seed in seeds:
-        result = run_seed(seed, config)
+        result = run_seed(seed, config, store_factory=store_factory)
         summary.add(result)
         if on_result is not None:
             on_result(result)
