@@ -425,7 +425,8 @@ class Cluster:
     def _after_input(self, node: SimNode) -> None:
         raft = node.raft
         assert raft is not None
-        for _ in range(READY_ROUNDS_MAX):
+        rounds = 0
+        for rounds in range(READY_ROUNDS_MAX):  # noqa: B007 (the count is used below)
             if not raft.has_ready():
                 break
             ready = raft.ready()
@@ -440,6 +441,10 @@ class Cluster:
                 f"still has a Ready after {READY_ROUNDS_MAX} rounds for one input",
                 node=node.node_id,
             )
+        if rounds == 0:
+            # Nothing changed: without a Ready the core's term, vote, log, commit index and
+            # role are what they were after the last check.
+            return
         self._serve_reads(node)
         self._maybe_snapshot(node, raft)
         self._observe(node, raft)
@@ -546,10 +551,11 @@ class Cluster:
         node_id = node.node_id
         checker.terms.observe(node_id, raft.term)
         checker.commits.observe(node_id, raft.commit_index)
-        stores = self._stores
-        checker.acks.observe_commit(
-            node_id, raft.commit_index, _term_reader(raft), stores, len(stores)
-        )
+        if raft.commit_index > checker.acks.checked_to:
+            stores = self._stores
+            checker.acks.observe_commit(
+                node_id, raft.commit_index, _term_reader(raft), stores, len(stores)
+            )
         memory = (raft.term, raft.voted_for, raft.last_index, raft.last_term)
         checker.durable.observe(node_id, memory, node.store.durable_tuple())
         if raft.applied_index != node.kv.applied_index:

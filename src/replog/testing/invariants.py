@@ -389,7 +389,7 @@ class AckDurability:
     it committed; each acknowledgement is checked when it is given."""
 
     def __init__(self) -> None:
-        self._checked_to = 0  # every index up to here was durable on a majority when committed
+        self.checked_to = 0  # every index up to here was durable on a majority when committed
 
     def observe_commit(
         self,
@@ -400,7 +400,7 @@ class AckDurability:
         voters: int,
     ) -> None:
         """``term_at`` reads the reporting node's log (None where it is compacted)."""
-        for index in range(self._checked_to + 1, commit_index + 1):
+        for index in range(self.checked_to + 1, commit_index + 1):
             term = term_at(index)
             if term is None:
                 continue
@@ -413,7 +413,7 @@ class AckDurability:
                     index=index,
                     term=term,
                 )
-        self._checked_to = max(self._checked_to, commit_index)
+        self.checked_to = max(self.checked_to, commit_index)
 
     def observe_ack(
         self, node: int, index: int, term: int, stores: Sequence[DurableView], voters: int
