@@ -163,12 +163,15 @@ class SimNode:
         self.applied_term = 0  # term of the entry at kv.applied_index
         self.snapshot_index = 0  # index of the last snapshot taken or restored
         self.tick_interval_ms = 10
+        self.refused: str | None = None  # why its store refused to recover (it stays down)
         self.seen: tuple[Role, int, int] | None = None  # (role, term, leader) last traced
         self.proposals: dict[str, Request] = {}
         self.reads: dict[bytes, PendingRead] = {}
 
     def describe(self) -> str:
         raft = self.raft
+        if self.refused is not None:
+            return f"n{self.node_id} refused to start ({self.refused})"
         if raft is None:
             return f"n{self.node_id} down (store last index {self.store.last_index})"
         return (
@@ -266,9 +269,17 @@ class Cluster:
 
     def restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.raft is not None:
+        if node.raft is not None or node.refused is not None:
             return
-        state = node.store.crash_and_recover()
+        try:
+            state = node.store.crash_and_recover()
+        except ReplogError as error:
+            # Recovery found damage it must not repair alone: the node stays down, as a real
+            # one would until an operator repairs its data directory.
+            node.refused = f"{type(error).__name__}: {error}"
+            self.faults["refused-start"] += 1
+            self.trace.record(f"n{node_id} REFUSES TO START: {node.refused}")
+            return
         snapshot_index = state.snapshot.meta.index if state.snapshot else 0
         last_index = state.entries[-1].index if state.entries else snapshot_index
         self.trace.record(

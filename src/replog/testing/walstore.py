@@ -11,19 +11,26 @@ pending, possibly torn, and then reopens the directory through the normal recove
 ``PersistentState`` handed to the restarted node is exactly what recovery reads back.
 
 Small segments make segment roll-over and compaction happen within a short simulated run.
-Recovery refusing to open (corruption) surfaces as an exception, which the simulator reports
-against the seed like any other failure.
+Recovery refusing to open (``CorruptionError``) propagates; the cluster keeps such a node down,
+as an operator would have to repair it.
+
+Media damage is opt-in: ``tail_flips_on_crash`` flips one bit near the end of the newest WAL
+segment at each crash, the place where recovery cannot tell a flipped bit from a torn write.
+``with_tail_flips`` builds a store factory that damages only the nodes given (a minority).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Collection
 
 from replog.core.types import PersistentState, Ready, Snapshot
 from replog.storage import NodeStorage, SimDisk, StorageOptions
+from replog.testing.durable import DurableStore
 
 DATA_DIRECTORY = "/replog/data"
 CLUSTER_ID = "sim"
+TAIL_FLIP_WINDOW_BYTES = 8
 
 
 class WalStore:
@@ -34,9 +41,13 @@ class WalStore:
         node_id: int,
         rng: random.Random,
         options: StorageOptions | None = None,
+        *,
+        tail_flips_on_crash: bool = False,
     ) -> None:
         self.node_id = node_id
         self.disk = SimDisk(rng)
+        self.tail_flips_on_crash = tail_flips_on_crash
+        self.tail_flips = 0
         self._options = options or StorageOptions(segment_bytes=16 << 10)
         self.storage, _ = NodeStorage.open(
             self.disk, DATA_DIRECTORY, CLUSTER_ID, node_id, self._options
@@ -79,7 +90,31 @@ class WalStore:
 
     def crash_and_recover(self) -> PersistentState:
         self.disk.crash()
+        if self.tail_flips_on_crash:
+            self._flip_near_the_tail()
         self.storage, state = NodeStorage.open(
             self.disk, DATA_DIRECTORY, CLUSTER_ID, self.node_id, self._options
         )
         return state
+
+    def _flip_near_the_tail(self) -> None:
+        segments = [n for n in self.disk.list_dir(DATA_DIRECTORY) if n.endswith(".wal")]
+        if not segments:
+            return
+        path = f"{DATA_DIRECTORY}/{max(segments)}"
+        size = self.disk.file_size(path)
+        if size <= TAIL_FLIP_WINDOW_BYTES:
+            return
+        rng = self.disk.rng
+        offset = size - 1 - rng.randrange(TAIL_FLIP_WINDOW_BYTES)
+        self.disk.flip_bit(path, offset, rng.randrange(8))
+        self.tail_flips += 1
+
+
+def with_tail_flips(damaged: Collection[int]) -> Callable[[int, random.Random], DurableStore]:
+    """A store factory: WAL stores, of which those of ``damaged`` nodes suffer tail flips."""
+
+    def factory(node_id: int, rng: random.Random) -> DurableStore:
+        return WalStore(node_id, rng, tail_flips_on_crash=node_id in damaged)
+
+    return factory

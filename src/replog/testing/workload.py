@@ -263,8 +263,10 @@ class LivenessProbe:
         )
 
     def _all_applied(self, index: int) -> bool:
+        """Every node that could start has applied ``index`` (a node whose store refused to
+        recover stays down; the simulator damages at most a minority of disks)."""
         for node in self._cluster.nodes.values():
-            if node.raft is None or node.raft.applied_index < index:
+            if node.refused is None and (node.raft is None or node.raft.applied_index < index):
                 return False
         return True
 
