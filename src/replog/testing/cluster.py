@@ -24,7 +24,8 @@ majority at that instant), and after each input the node's term, commit index an
 
 A crash drops the ``RaftNode``, the state machine and every waiting request (writes become
 ``info``: they may still commit; reads ``fail``: they had no effect); a restart builds a new
-``RaftNode`` from ``store.crash_and_recover()`` with a fresh generator drawn from the seed.
+``RaftNode`` from ``store.crash_and_recover()`` with a fresh generator drawn from the seed; if
+recovery refuses (corruption it must not repair alone), the node stays down for good.
 Ticks carry the node's life number, so a tick scheduled before a crash never reaches the next
 life. A paused node neither ticks nor takes messages or requests until it resumes; whatever
 reaches it meanwhile waits. Nodes never call back into a client synchronously from inside a

@@ -20,9 +20,12 @@ rules literally:
 
 A breach of these rules by the core is reported as an ``InvariantViolation`` ("durable log").
 
-To run the simulator over another store (the real WAL on a simulated disk, say), implement
-the ``DurableStore`` protocol and pass a factory to the cluster; a store that loses unsynced
-bytes on ``crash_and_recover`` is exactly what that protocol is for.
+To run the simulator over another store, implement the ``DurableStore`` protocol and pass a
+factory ``(node_id, rng) -> DurableStore`` to ``run_seed`` / ``run_seeds`` / ``Cluster``
+(``rng`` is derived from the seed, for stores that need randomness of their own).
+``walstore.WalStore`` is such a store: the real WAL on a simulated disk that loses unsynced
+bytes when it crashes. A store whose ``crash_and_recover`` raises a ``ReplogError`` (recovery
+found corruption) leaves its node down for the rest of the run.
 """
 
 from __future__ import annotations
