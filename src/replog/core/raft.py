@@ -65,6 +65,7 @@ from replog.core.types import (
     RequestVoteResponse,
     Role,
     Snapshot,
+    SnapshotMeta,
     SoftState,
     TimeoutNow,
 )
@@ -712,14 +713,27 @@ class RaftNode:
 
     # ---- snapshots ---------------------------------------------------------------------------
 
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The metadata of a snapshot of the state machine at applied ``index``: the term of
+        that entry and the membership, so a node restored from it knows its cluster."""
+        term = self.log.term(index)
+        if index > self.log.applied_index or term is None:
+            raise ReplogError(
+                f"cannot snapshot at {index}: applied index is {self.log.applied_index} and the "
+                f"log holds {self.log.offset}..{self.log.last_index()}"
+            )
+        return SnapshotMeta(index, term, self.membership)
+
     def compact(self, snapshot: Snapshot, keep_entries: int = 0) -> None:
         """The application saved ``snapshot`` (at an applied index); drop the log before it,
         keeping a trailing window of ``keep_entries`` for followers that are slightly behind."""
-        if snapshot.meta.index > self.log.applied_index:
+        meta = snapshot.meta
+        if meta.index > self.log.applied_index:
             raise ReplogError(
-                f"snapshot at {snapshot.meta.index} is past the applied index "
-                f"{self.log.applied_index}"
+                f"snapshot at {meta.index} is past the applied index {self.log.applied_index}"
             )
+        if self.log.term(meta.index) not in (None, meta.term) or not meta.config.voters:
+            raise ReplogError("snapshot metadata does not match the log; use snapshot_meta()")
         self.log.compact(snapshot, keep_entries)
 
     # ---- Ready -------------------------------------------------------------------------------
