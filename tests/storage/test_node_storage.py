@@ -380,3 +380,14 @@ def test_opening_a_file_as_directory_fails_cleanly() -> None:
         NodeStorage.open(disk, "/plain", "c", 1)
     handle = disk.open("/plain", OpenMode.READ)
     handle.close()
+
+
+def test_fresh_directory_with_a_leftover_metadata_temp_file() -> None:
+    disk = SimDisk(random.Random(22))
+    disk.make_dir("/data")
+    disk.make_dir(DIR)
+    disk.put_file(f"{DIR}/{META_NAME}.tmp", b"half written")
+    storage, model = _open(disk)
+    assert model.view() == Model().view()
+    assert sorted(disk.list_dir(DIR)) == ["LOCK", META_NAME]
+    storage.close()

@@ -76,5 +76,6 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_sigkill_soak(tmp_path: Path) -> None:
     _rounds(tmp_path, rounds=300, seed=2)

@@ -44,7 +44,7 @@ from replog.storage.layout import (
     write_meta,
 )
 from replog.storage.logindex import LogIndex
-from replog.storage.record import PART_BYTES_TARGET
+from replog.storage.record import NO_TERM, PART_BYTES_TARGET
 from replog.storage.recovery import Finding
 from replog.storage.replay import RecoveryPlan, plan_recovery
 from replog.storage.snapshot import SNAPSHOTS_KEPT, prune_snapshots, write_snapshot
@@ -122,9 +122,9 @@ class NodeStorage:
         cls, disk: Disk, directory: str, identity: Identity, options: StorageOptions
     ) -> tuple[NodeStorage, PersistentState]:
         plan = plan_recovery(disk, directory, identity, options.snapshot_bytes_max)
+        _repair(disk, plan)
         if plan.fresh:
             write_meta(disk, directory, identity)
-        _repair(disk, plan)
         segments = [
             Segment(f.name.seq, f.name.first_index, f.valid_bytes, 0)
             for f in plan.segments
@@ -229,7 +229,8 @@ class NodeStorage:
         meta = snapshot.meta
         assert keep_entries >= 0
         assert meta.index <= self._wal.index.last_index, "local snapshots cover stored entries"
-        assert self._wal.index.term(meta.index) in (meta.term, None), "snapshot term mismatch"
+        found = self._wal.index.term(meta.index)
+        assert found in (meta.term, None, NO_TERM), "snapshot term differs from the log's"
         try:
             if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
                 self._store_snapshot(snapshot)
