@@ -52,7 +52,7 @@ def test_json_summary() -> None:
 def test_wal_store() -> None:
     code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500", "--store", "wal")
     assert code == 0, out
-    assert "store         wal" in out
+    assert "store           wal" in out
 
 
 def test_random_start_without_seed() -> None:

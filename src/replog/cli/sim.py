@@ -164,7 +164,7 @@ def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig, 
         ("speed", f"{summary.seeds_per_s:.2f} seeds/s, {events_per_s:,.0f} events/s"),
     ]
     for name, value in rows:
-        click.echo(f"{name:<13} {value}")
+        click.echo(f"{name:<15} {value}")
     for failure in summary.failures:
         click.echo("")
         click.echo(f"FAIL seed {failure.seed}: {failure.violation}")
