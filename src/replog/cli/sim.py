@@ -160,6 +160,7 @@ def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig, 
         ("snapshots", f"{summary.snapshots:,}"),
         ("faults", faults),
         ("linearizability", checks or "not checked"),
+        ("liveness", f"slowest recovery {summary.liveness_ms_max}ms of virtual time"),
         ("violations", f"{summary.violations}"),
         ("speed", f"{summary.seeds_per_s:.2f} seeds/s, {events_per_s:,.0f} events/s"),
     ]

@@ -285,6 +285,7 @@ class RunSummary:
     reads: int = 0
     snapshots: int = 0
     violations: int = 0
+    liveness_ms_max: int = 0  # slowest recovery of the liveness phase over the seeds
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     linearizability: collections.Counter[str] = field(default_factory=collections.Counter)
     failures: list[SeedResult] = field(default_factory=list)
@@ -305,6 +306,7 @@ class RunSummary:
         self.commits += result.commits
         self.reads += result.reads
         self.snapshots += result.snapshots
+        self.liveness_ms_max = max(self.liveness_ms_max, result.liveness_ms or 0)
         self.faults.update(result.faults)
         self.linearizability[result.linearizability] += 1
         if result.failed:
@@ -325,6 +327,7 @@ class RunSummary:
             "faults": dict(sorted(self.faults.items())),
             "linearizability": dict(sorted(self.linearizability.items())),
             "violations": self.violations,
+            "liveness_ms_max": self.liveness_ms_max,
             "seeds_per_s": round(self.seeds_per_s, 3),
             "wall_s": round(self.wall_s, 3),
             "failures": [f.to_json() for f in self.failures],

@@ -228,6 +228,10 @@ class LivenessProbe:
     def start(self) -> None:
         self._queue.after(0, self._step)
 
+    @property
+    def now(self) -> int:
+        return self._queue.now
+
     def committed(self, node: int) -> None:
         raft = self._cluster.nodes[node].raft
         self._target = raft.applied_index if raft is not None else None
@@ -291,7 +295,7 @@ class _ProbeRequest:
 
     @property
     def open(self) -> bool:
-        return self._open and self._probe._queue.now < self._expires
+        return self._open and self._probe.now < self._expires
 
     def finish(self, outcome: str, value: int | None) -> None:
         if not self._open:
