@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -111,9 +112,16 @@ def sim(
             raise click.UsageError("--trace prints one seed: give --seed S without --seeds N")
         _trace_one(start, config, factory, store)
         return
+    progress = _progress(count)
     summary = run_seeds(
-        range(start, start + count), config, stop_on_failure=not keep_going, store_factory=factory
+        range(start, start + count),
+        config,
+        stop_on_failure=not keep_going,
+        store_factory=factory,
+        on_result=progress,
     )
+    if progress is not None:
+        click.echo("", err=True)
     if output == "json":
         click.echo(json.dumps({"first_seed": start, **summary.to_json()}, indent=2))
     else:
@@ -122,6 +130,20 @@ def sim(
         failure = summary.failures[0]
         click.echo(f"violation in seed {failure.seed}: {_replay(failure, config, store)}", err=True)
         sys.exit(1)
+
+
+def _progress(count: int) -> Callable[[SeedResult], None] | None:
+    """A seed counter on stderr, only when it is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    done = [0, 0]
+
+    def show(result: SeedResult) -> None:
+        done[0] += 1
+        done[1] += result.failed
+        click.echo(f"\r{done[0]}/{count} seeds, {done[1]} violations", err=True, nl=False)
+
+    return show
 
 
 def _trace_one(seed: int, config: SimConfig, factory: StoreFactory, store: str) -> None:
