@@ -62,6 +62,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 _KIND_VALUES = frozenset(int(kind) for kind in EntryKind)
 _NO_HARD_STATE = HardState()
 _NO_TERMS: list[int] = []
+_NO_KINDS: list[EntryKind] = []
+_NORMAL = EntryKind.NORMAL
 # A part's bytes beyond its entries' data: header, fixed fields, and per entry at most a bin
 # header, a term and a kind. A batch within part_bytes of data always fits in one part.
 _PART_OVERHEAD_BYTES = 256
@@ -334,9 +336,15 @@ def encode_batch(
     ``ENTRY_BYTES_MAX``. This is the hot path of every save: one list pass per field, one
     msgpack call and one checksum per part, and a single part for all but huge batches.
     """
-    datas = [e.data for e in entries]
+    # One pass over the entries for the common case (one term, all NORMAL); a batch that
+    # fails the test takes a second pass and stores per-entry terms and kinds.
+    term = entries[0].term if entries else 0
+    datas = [e.data for e in entries if e.term == term and e.kind is _NORMAL]
+    plain = len(datas) == len(entries)
+    if not plain:
+        datas = [e.data for e in entries]
     record, location = _encode_part(
-        batch_seq, 0, entries, datas, hard_state=hard_state, mark=mark, offset=0
+        batch_seq, 0, entries, datas, hard_state=hard_state, mark=mark, offset=0, plain=plain
     )
     if len(record) <= part_bytes + _PART_OVERHEAD_BYTES + _ENTRY_OVERHEAD_BYTES * len(datas):
         return record, [location] if location is not None else []
@@ -352,7 +360,14 @@ def encode_batch(
         hs = hard_state if k == len(chunks) - 1 else None
         part_mark = mark if k == 0 else None
         record, location = _encode_part(
-            batch_seq, k, entries[lo:hi], datas[lo:hi], hard_state=hs, mark=part_mark, offset=offset
+            batch_seq,
+            k,
+            entries[lo:hi],
+            datas[lo:hi],
+            hard_state=hs,
+            mark=part_mark,
+            offset=offset,
+            plain=plain,
         )
         out.append(record)
         if location is not None:
@@ -370,14 +385,16 @@ def _encode_part(
     hard_state: HardState | None,
     mark: tuple[int, int, bool] | None,
     offset: int,
+    plain: bool,
 ) -> tuple[bytearray, PartLocation | None]:
-    """One BATCH record; ``hard_state`` is given for the final part only. Encoded in place
-    behind the room for its header, so the body is never copied."""
-    terms = [e.term for e in entries]
-    term = terms[0] if terms else 0
-    uniform = terms.count(term) == len(terms)
-    kinds = [e.kind for e in entries]
-    normal = kinds.count(EntryKind.NORMAL) == len(kinds)
+    """One BATCH record; ``hard_state`` is given for the final part only; ``plain`` says
+    every entry has the first one's term and is NORMAL. Encoded in place behind the room for
+    its header, so the body is never copied."""
+    term = entries[0].term if entries else 0
+    terms = _NO_TERMS if plain else [e.term for e in entries]
+    uniform = plain or terms.count(term) == len(terms)
+    kinds = _NO_KINDS if plain else [e.kind for e in entries]
+    normal = plain or kinds.count(EntryKind.NORMAL) == len(kinds)
     snap_index, snap_term, snap_keep = mark if mark is not None else (0, 0, False)
     hs = hard_state if hard_state is not None else _NO_HARD_STATE
     first = entries[0].index if entries else 0
