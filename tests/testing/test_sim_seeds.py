@@ -156,11 +156,9 @@ def test_simulator_catches_a_store_that_breaks_its_promise(store: type[MemorySto
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_simulator_catches_a_store_that_forgets_its_vote(request: pytest.FixtureRequest) -> None:
+def test_simulator_catches_a_store_that_forgets_its_vote() -> None:
     """A restarted node honours its lease for an election timeout before voting, which makes
     a forgotten vote hard to exploit: it takes about a hundred seeds to find a double vote."""
-    if "slow" not in str(request.config.getoption("-m") or ""):
-        pytest.skip("long run: select it with -m slow")
     violation = first_violation(ForgetsVote, 600).violation
     assert violation is not None and "violated" in violation
 
@@ -173,9 +171,7 @@ def test_simulator_catches_a_store_that_forgets_its_vote(request: pytest.Fixture
 @pytest.mark.parametrize(
     ("nodes", "seeds", "events"), [(3, 600, 30_000), (5, 300, 30_000), (7, 100, 30_000)]
 )
-def test_long_run(nodes: int, seeds: int, events: int, request: pytest.FixtureRequest) -> None:
-    if "slow" not in str(request.config.getoption("-m") or ""):
-        pytest.skip("long run: select it with -m slow")
+def test_long_run(nodes: int, seeds: int, events: int) -> None:
     config = SimConfig(nodes=nodes, events=events)
     summary = run_seeds(range(100_000 * nodes, 100_000 * nodes + seeds), config)
     if summary.failures:
