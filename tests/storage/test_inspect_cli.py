@@ -67,7 +67,7 @@ def test_torn_tail_is_reported_as_repairable(tmp_path: Path) -> None:
     assert code == 1
     report = json.loads(output)
     assert report["verdict"] == "repairable"
-    assert report["findings"][0]["rule"] == "T6-torn-final-write"
+    assert report["findings"][0]["rule"] == "T7-torn-final-write"
     assert report["log"]["last_index"] == 190  # the torn batch would be cut
 
 

@@ -18,6 +18,8 @@ from replog.storage import (
     NodeStorage,
     Severity,
     SimDisk,
+    SnapshotPolicy,
+    StorageError,
     StorageFailed,
     StorageOptions,
     WrongCluster,
@@ -390,4 +392,25 @@ def test_fresh_directory_with_a_leftover_metadata_temp_file() -> None:
     storage, model = _open(disk)
     assert model.view() == Model().view()
     assert sorted(disk.list_dir(DIR)) == ["LOCK", META_NAME]
+    storage.close()
+
+
+def test_snapshot_policy() -> None:
+    policy = SnapshotPolicy(entries_max=100, log_bytes_max=10_000, entries_min=10)
+    assert not policy.should_snapshot(applied_index=50, snapshot_index=0, log_bytes=0)
+    assert policy.should_snapshot(applied_index=100, snapshot_index=0, log_bytes=0)
+    assert policy.should_snapshot(applied_index=30, snapshot_index=0, log_bytes=10_000)
+    # Never for a handful of entries, however big the log (the trailing window alone).
+    assert not policy.should_snapshot(applied_index=105, snapshot_index=100, log_bytes=10**9)
+
+
+def test_read_errors_do_not_fail_the_storage() -> None:
+    disk = SimDisk(random.Random(23))
+    storage, model = _open(disk)
+    _fill(storage, model, 3)
+    disk.fail_next(DiskOp.READ)
+    with pytest.raises(StorageError, match="reading entries"):
+        storage.entries(1, 5)
+    assert not storage.failed
+    assert storage.entries(1, 3) == list(model.entries[:2])
     storage.close()

@@ -12,6 +12,7 @@ from replog.storage.recovery import (
     Action,
     CommitPosition,
     Cut,
+    Damage,
     Relation,
     Rest,
     Verdict,
@@ -27,26 +28,31 @@ SNAPSHOT_COMBINATIONS = list(snapshot_inputs())
 
 
 def test_tail_inputs_cover_the_whole_space() -> None:
-    assert len(TAIL_COMBINATIONS) == len(Defect) * 2 * len(Rest) * len(Cut)
+    assert len(TAIL_COMBINATIONS) == len(Defect) * 2 * len(Rest) * len(Cut) * len(Damage)
     assert len(set(TAIL_COMBINATIONS)) == len(TAIL_COMBINATIONS)
 
 
-@pytest.mark.parametrize(("defect", "last", "rest", "cut"), TAIL_COMBINATIONS)
+@pytest.mark.parametrize(("defect", "last", "rest", "cut", "damage"), TAIL_COMBINATIONS)
 def test_tail_table_never_cuts_what_may_be_acknowledged(
-    defect: Defect, last: bool, rest: Rest, cut: Cut
+    defect: Defect, last: bool, rest: Rest, cut: Cut, damage: Damage
 ) -> None:
-    row = decide_tail(defect, last, rest, cut)
-    assert row.matches(defect, last, rest, cut)
+    row = decide_tail(defect, last, rest, cut, damage)
+    assert row.matches(defect, last, rest, cut, damage)
     # The first matching row is the decision; it must be the first in table order.
-    assert row is next(r for r in TAIL_TABLE if r.matches(defect, last, rest, cut))
+    assert row is next(r for r in TAIL_TABLE if r.matches(defect, last, rest, cut, damage))
     if row.action is Action.TRUNCATE:
         assert last, "only the last segment may lose its tail"
         assert rest is not Rest.LATER, "a later batch proves the damaged one was acknowledged"
         assert defect is not Defect.BAD_CONTENT, "an intact record is never a torn write"
         assert cut is not Cut.ORPHAN, "never drop the only copy of the hard state"
+        assert damage is not Damage.BIT_FLIP, "a record written whole may be acknowledged"
     else:
         assert (
-            (not last) or rest is Rest.LATER or defect is Defect.BAD_CONTENT or (cut is Cut.ORPHAN)
+            (not last)
+            or rest is Rest.LATER
+            or defect is Defect.BAD_CONTENT
+            or cut is Cut.ORPHAN
+            or damage is Damage.BIT_FLIP
         ), f"{row.rule} refuses a torn tail it could cut"
 
 

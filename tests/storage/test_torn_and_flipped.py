@@ -1,6 +1,7 @@
 """Cut the WAL at every byte offset, and flip bits everywhere: recovery either returns a
 clean prefix that holds every batch acknowledged before the damaged one, or stops with a
-CorruptionError. It never silently drops an acknowledged batch that a later one follows."""
+CorruptionError. It never silently drops an acknowledged batch that a later one follows, and
+never cuts a final batch that one flipped bit explains (it was written whole)."""
 
 from __future__ import annotations
 
@@ -117,24 +118,19 @@ def _flip_outcome(built: Built, name: str, offset: int) -> View | None:
 
 
 def _check_flips(built: Built, stride: int) -> None:
-    segment, start, end = _last_batch_region(built)
-    previous = built.steps[-2].view
+    """Every single flipped bit in the WAL stops recovery, the final batch included: one
+    flipped bit explains the damage, so the record was written whole and may have been
+    acknowledged; cutting it as a torn write could take back a vote or entries."""
+    segment, start, _ = _last_batch_region(built)
     for name, data in built.files.items():
         if not name.startswith("wal-"):
             continue
+        dense = set(range(max(0, start - 40), len(data))) if name == segment else set()
         offsets = (
-            range(len(data))
-            if stride == 1
-            else sorted(
-                set(range(0, len(data), stride)) | set(range(max(0, start - 40), len(data)))
-            )
+            range(len(data)) if stride == 1 else sorted(set(range(0, len(data), stride)) | dense)
         )
         for offset in offsets:
-            outcome = _flip_outcome(built, name, offset)
-            in_last_batch = name == segment and start <= offset < end
-            if outcome is not None:
-                assert in_last_batch, f"{name}@{offset}: damage was silently accepted"
-                assert outcome == previous, f"{name}@{offset}: not the state before the batch"
+            assert _flip_outcome(built, name, offset) is None, f"{name}@{offset} accepted"
 
 
 @pytest.mark.parametrize("seed", range(2))

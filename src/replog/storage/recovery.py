@@ -12,13 +12,15 @@ acknowledged.** A batch is acknowledged only after the fsync that follows its si
 and the next batch is written only after that. Hence only bytes after the last complete
 batch of the *last* segment can be an unacknowledged torn write; damage anywhere else, or
 damage followed by a later batch, is corruption that stops the node with the file, the offset,
-the rule and the repair. (A bit flip inside the final batch looks exactly like a torn write of
-it; that batch is then dropped like a torn one. Telling the two apart would need a second copy
-of every record.)
+the rule and the repair. Even in the final batch, damage that one flipped bit explains
+(``bitflip.py``) is media corruption of a record that was written whole, maybe fsynced and
+acknowledged: it stops the node too, rather than cutting away a vote or entries that peers
+count on. Only a write cut short, or sectors that never reached the disk, are torn.
 
 Table 1, TAIL_TABLE: a WAL segment stops parsing at some offset (``Defect``). Inputs: the
-defect, whether this is the last segment, what follows the defect (``Rest``), and what cutting
-would remove (``Cut``). Actions: truncate the torn tail, or stop with ``CorruptionError``.
+defect, whether this is the last segment, what follows the defect (``Rest``), what cutting
+would remove (``Cut``), and what the damage looks like (``Damage``). Actions: truncate the
+torn tail, or stop with ``CorruptionError``.
 
 Table 2, SNAPSHOT_TABLE: how the newest valid snapshot relates to the replayed log
 (``Relation``) and where the hard state's commit index falls (``CommitPosition``), applying
@@ -76,6 +78,14 @@ class Cut(enum.Enum):
     ORPHAN = "the whole segment, and no older file holds the earlier state"
 
 
+class Damage(enum.Enum):
+    """What the damaged record itself looks like."""
+
+    ENDS_INSIDE = "the file ends inside it: a write cut short"
+    BIT_FLIP = "it is whole, and one flipped bit explains the damage"
+    UNEXPLAINED = "parts of it are zero or garbage, as where sectors never reached the disk"
+
+
 class Action(enum.Enum):
     TRUNCATE = "truncate the torn tail and continue"
     CORRUPT = "stop: corruption"
@@ -84,6 +94,8 @@ class Action(enum.Enum):
 _ANY_DEFECT = frozenset(Defect)
 _ANY_REST = frozenset(Rest)
 _ANY_CUT = frozenset(Cut)
+_ANY_DAMAGE = frozenset(Damage)
+_NOT_FLIPPED = frozenset({Damage.ENDS_INSIDE, Damage.UNEXPLAINED})
 _TORN_RESTS = frozenset({Rest.NOTHING, Rest.GARBAGE, Rest.FRAGMENTS, Rest.OWN_FINAL})
 
 
@@ -94,20 +106,27 @@ class TailRow:
     last_segment: frozenset[bool]
     rests: frozenset[Rest]
     cuts: frozenset[Cut]
+    damages: frozenset[Damage]
     action: Action
     why: str
 
-    def matches(self, defect: Defect, last_segment: bool, rest: Rest, cut: Cut) -> bool:
+    def matches(
+        self, defect: Defect, last_segment: bool, rest: Rest, cut: Cut, damage: Damage
+    ) -> bool:
         return (
             defect in self.defects
             and last_segment in self.last_segment
             and rest in self.rests
             and cut in self.cuts
+            and damage in self.damages
         )
 
 
 _BOTH = frozenset({True, False})
 _LAST = frozenset({True})
+
+_KEEPABLE = frozenset({Cut.BATCH, Cut.SEGMENT})
+_TORN_DEFECTS = frozenset({Defect.BAD_MAGIC, Defect.BAD_LENGTH, Defect.BAD_CHECKSUM})
 
 TAIL_TABLE: tuple[TailRow, ...] = (
     TailRow(
@@ -116,6 +135,7 @@ TAIL_TABLE: tuple[TailRow, ...] = (
         _BOTH,
         _ANY_REST,
         _ANY_CUT,
+        _ANY_DAMAGE,
         Action.CORRUPT,
         "the record passed its checksum, so its bytes are what was written, yet they make no "
         "sense here: a software bug, or files from elsewhere",
@@ -126,6 +146,7 @@ TAIL_TABLE: tuple[TailRow, ...] = (
         frozenset({False}),
         _ANY_REST,
         _ANY_CUT,
+        _ANY_DAMAGE,
         Action.CORRUPT,
         "a newer segment exists, so every batch of this one was fsynced before; only the last "
         "segment can end in a torn write",
@@ -136,6 +157,7 @@ TAIL_TABLE: tuple[TailRow, ...] = (
         _LAST,
         frozenset({Rest.LATER}),
         _ANY_CUT,
+        _ANY_DAMAGE,
         Action.CORRUPT,
         "a later batch follows the damage; it was written after the damaged batch was "
         "acknowledged, so cutting would lose acknowledged entries",
@@ -146,61 +168,79 @@ TAIL_TABLE: tuple[TailRow, ...] = (
         _LAST,
         _TORN_RESTS,
         frozenset({Cut.ORPHAN}),
+        _ANY_DAMAGE,
         Action.CORRUPT,
         "the segment header is damaged and older segments were compacted away, so dropping "
         "this segment would lose the hard state (term and vote)",
     ),
     TailRow(
-        "T5-incomplete-final-batch",
+        "T5-flipped-bit",
+        _ANY_DEFECT,
+        _LAST,
+        _TORN_RESTS,
+        _KEEPABLE,
+        frozenset({Damage.BIT_FLIP}),
+        Action.CORRUPT,
+        "the final batch was written whole and a bit flipped since (media corruption): it "
+        "may have been fsynced and acknowledged, and cutting it could take back a vote",
+    ),
+    TailRow(
+        "T6-incomplete-final-batch",
         frozenset({Defect.OPEN_BATCH}),
         _LAST,
         _TORN_RESTS,
-        frozenset({Cut.BATCH, Cut.SEGMENT}),
+        _KEEPABLE,
+        _NOT_FLIPPED,
         Action.TRUNCATE,
         "the last write stopped between two parts of a batch; its fsync never returned",
     ),
     TailRow(
-        "T6-torn-final-write",
+        "T7-torn-final-write",
         frozenset({Defect.SHORT_HEADER, Defect.PAST_END}),
         _LAST,
         _TORN_RESTS,
-        frozenset({Cut.BATCH, Cut.SEGMENT}),
+        _KEEPABLE,
+        _NOT_FLIPPED,
         Action.TRUNCATE,
         "the last record runs past the end of the file: the last write was cut short",
     ),
     TailRow(
-        "T7-zeroed-tail",
-        frozenset({Defect.BAD_MAGIC, Defect.BAD_LENGTH, Defect.BAD_CHECKSUM}),
+        "T8-zeroed-tail",
+        _TORN_DEFECTS,
         _LAST,
         frozenset({Rest.NOTHING}),
-        frozenset({Cut.BATCH, Cut.SEGMENT}),
+        _KEEPABLE,
+        _NOT_FLIPPED,
         Action.TRUNCATE,
-        "the file ends in zeros or a partly written record: it grew, but the data of the last "
-        "write never reached the disk",
+        "the file ends in zeros: it grew, but the data of the last write never reached the disk",
     ),
     TailRow(
-        "T8-damaged-final-batch",
-        frozenset({Defect.BAD_MAGIC, Defect.BAD_LENGTH, Defect.BAD_CHECKSUM}),
+        "T9-torn-final-batch",
+        _TORN_DEFECTS,
         _LAST,
         frozenset({Rest.GARBAGE, Rest.FRAGMENTS, Rest.OWN_FINAL}),
-        frozenset({Cut.BATCH, Cut.SEGMENT}),
+        _KEEPABLE,
+        _NOT_FLIPPED,
         Action.TRUNCATE,
-        "the damage lies in the final batch and nothing after it: the last write was torn "
-        "(its pages reached the disk out of order) before its fsync returned",
+        "the damage lies in the final batch, nothing after it, and no single flipped bit "
+        "explains it: the last write was torn (its sectors reached the disk in part) before "
+        "its fsync returned",
     ),
 )
 
 
-def tail_inputs() -> Iterator[tuple[Defect, bool, Rest, Cut]]:
+def tail_inputs() -> Iterator[tuple[Defect, bool, Rest, Cut, Damage]]:
     """Every combination of Table 1's inputs."""
-    return itertools.product(Defect, (True, False), Rest, Cut)
+    return itertools.product(Defect, (True, False), Rest, Cut, Damage)
 
 
-def decide_tail(defect: Defect, last_segment: bool, rest: Rest, cut: Cut) -> TailRow:
+def decide_tail(
+    defect: Defect, last_segment: bool, rest: Rest, cut: Cut, damage: Damage
+) -> TailRow:
     for row in TAIL_TABLE:
-        if row.matches(defect, last_segment, rest, cut):
+        if row.matches(defect, last_segment, rest, cut, damage):
             return row
-    raise AssertionError(f"TAIL_TABLE misses {defect}, {last_segment}, {rest}, {cut}")
+    raise AssertionError(f"TAIL_TABLE misses {defect}, {last_segment}, {rest}, {cut}, {damage}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ the parts of a batch are buffered and applied to the log only when the final par
 so an unfinished batch never counts. When parsing stops early the decision table
 (``recovery.TAIL_TABLE``) says whether the rest is a torn tail to cut or corruption. Records
 are found again after damage by searching for the record magic, so recovery can tell "a torn
-final write" from "damage followed by later acknowledged batches".
+final write" from "damage followed by later acknowledged batches"; and ``bitflip.py`` tells a
+record that one flipped bit explains (written whole: never cut) from one that was torn.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from replog.core.types import NO_NODE, HardState, PersistentState, Snapshot
+from replog.storage.bitflip import explain_by_bit_flip
 from replog.storage.disk import Disk
 from replog.storage.errors import CorruptionError, FormatTooNew
 from replog.storage.layout import (
@@ -54,6 +56,7 @@ from replog.storage.recovery import (
     Action,
     CommitPosition,
     Cut,
+    Damage,
     Finding,
     Relation,
     Rest,
@@ -297,8 +300,11 @@ class _Replayer:
             cut = Cut.SEGMENT
         else:
             cut = Cut.ORPHAN
-        row = decide_tail(defect, self.is_last, rest, cut)
+        damage, flip = damage_of(data, pos, defect, rest)
+        row = decide_tail(defect, self.is_last, rest, cut, damage)
         what = f"{defect.value}{': ' + problem if problem else ''}; {rest.value}"
+        if flip is not None:
+            what += f"; one flipped bit explains it (offset {flip[0]}, bit {flip[1]})"
         if row.action is Action.CORRUPT:
             raise _fatal(self.path, pos, f"{what}; {row.why}", row.rule)
         self.pending = []
@@ -451,6 +457,20 @@ def classify_rest(data: bytes, pos: int, expected_batch: int | None) -> Rest:
     if fragments:
         return Rest.FRAGMENTS
     return Rest.NOTHING if _all_zero(data, pos) else Rest.GARBAGE
+
+
+def damage_of(
+    data: bytes, pos: int, defect: Defect, rest: Rest
+) -> tuple[Damage, tuple[int, int] | None]:
+    """What the damaged record at ``pos`` looks like, with the flipped bit if one explains it."""
+    if defect in (Defect.OPEN_BATCH, Defect.SHORT_HEADER, Defect.BAD_CONTENT):
+        return (Damage.UNEXPLAINED if defect is Defect.BAD_CONTENT else Damage.ENDS_INSIDE), None
+    flip = explain_by_bit_flip(data, pos)
+    if flip is not None:
+        return Damage.BIT_FLIP, flip
+    if defect is Defect.PAST_END and rest in (Rest.NOTHING, Rest.GARBAGE):
+        return Damage.ENDS_INSIDE, None
+    return Damage.UNEXPLAINED, None
 
 
 def _all_zero(data: bytes, start: int) -> bool:
