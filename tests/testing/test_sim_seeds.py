@@ -96,13 +96,9 @@ def test_a_node_whose_wal_is_corrupt_stays_down_and_the_majority_carries_on() ->
     assert refused >= 3, "recovery found corruption and the node stayed down"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage: a bit flip inside the final WAL batch reads as a torn write and is cut, so "
-    "the node silently loses acknowledged state (its term and vote go back; a leader that saw "
-    "its acknowledgement ignores its rejections); see storage/recovery.py",
-)
 def test_wal_tail_bit_flips_on_a_minority_are_survived() -> None:
+    """Regression: a bit flipped inside the final WAL batch once read as a torn write and was
+    cut, silently losing acknowledged state; recovery now refuses it, the node stays down."""
     config = SimConfig(events=6000)
     for seed in range(40):
         result = run_seed(seed, config, store_factory=with_tail_flips({1}))
