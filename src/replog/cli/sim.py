@@ -60,10 +60,18 @@ STORES: dict[str, StoreFactory] = {"memory": MemoryStore, "wal": WalStore}
 )
 @click.option(
     "--store",
-    type=click.Choice(["memory", "wal"]),
-    default="memory",
+    type=click.Choice(["wal", "memory"]),
+    default="wal",
     show_default=True,
-    help="Durable store of each node: in memory, or the real WAL on a simulated disk.",
+    help="Durable store of each node: the real WAL on a simulated, faulty disk, or an "
+    "in-memory model store (faster, no disk faults).",
+)
+@click.option(
+    "--disk-faults/--no-disk-faults",
+    default=True,
+    show_default=True,
+    help="With --store wal: I/O errors (EIO, ENOSPC) that stop a node, and bit flips on a "
+    "minority of the disks, drawn per seed. Crashes lose unsynced writes either way.",
 )
 @click.option("--trace", is_flag=True, help="Print every trace line of one seed as it runs.")
 @click.option(
@@ -83,6 +91,7 @@ def sim(
     events: int,
     output: str,
     store: str,
+    disk_faults: bool,
     trace: bool,
     keep_going: bool,
     linearizability: bool,
@@ -91,9 +100,11 @@ def sim(
 
     Every seed builds its own world: a fault mix (message loss, duplication, reordering,
     partitions of every shape, crashes with restarts from durable state, pauses, leadership
-    transfers) and client load. Safety invariants are checked after every event; then faults
-    stop, the cluster is repaired and must elect a leader and commit within a bound; then the
-    client history is checked for linearizability. The same seed always replays the same run.
+    transfers, and by default disk faults: unsynced writes lost or torn at a crash, EIO and
+    ENOSPC on chosen disk calls, bit flips on a minority of the disks) and client load.
+    Safety invariants are checked after every event; then faults stop, the cluster is
+    repaired and must elect a leader and commit within a bound; then the client history is
+    checked for linearizability. The same seed always replays the same run.
 
     \b
     Examples:
@@ -105,7 +116,12 @@ def sim(
     if count is None:
         count = 1 if first_seed is not None else 100
     start = first_seed if first_seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
-    config = SimConfig(nodes=int(nodes), events=events, check_linearizability=linearizability)
+    config = SimConfig(
+        nodes=int(nodes),
+        events=events,
+        check_linearizability=linearizability,
+        disk_faults=disk_faults and store == "wal",
+    )
     factory = STORES[store]
     if trace:
         if count != 1:
@@ -157,7 +173,9 @@ def _trace_one(seed: int, config: SimConfig, factory: StoreFactory, store: str) 
 
 def _replay(result: SeedResult, config: SimConfig, store: str) -> str:
     command = f"replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}"
-    return command if store == "memory" else f"{command} --store {store}"
+    if store != "wal":
+        return f"{command} --store {store}"
+    return command if config.disk_faults else f"{command} --no-disk-faults"
 
 
 def _one_line(result: SeedResult) -> str:
@@ -174,7 +192,7 @@ def _print_text(summary: RunSummary, start: int, count: int, config: SimConfig, 
     checks = ", ".join(f"{k} {n}" for k, n in sorted(summary.linearizability.items()))
     rows = [
         ("seeds", f"{summary.seeds} of {start}..{start + count - 1}, {config.nodes} nodes"),
-        ("store", store),
+        ("store", store + (" with disk faults" if config.disk_faults else "")),
         ("events", f"{summary.events:,} ({summary.events_per_seed:,.0f} per seed)"),
         ("elections", f"{summary.elections:,}"),
         ("commits", f"{summary.commits:,}"),

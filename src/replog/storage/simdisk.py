@@ -13,6 +13,7 @@ away and rebuilds it from the durable view plus, drawn from the ``random.Random`
 a prefix of each pending queue; the first write left out may land half-way (a torn write:
 a prefix of its bytes, or zeros where the file grew but the data never arrived). So a file
 whose directory was never fsynced may vanish, a rename may revert, a removed file may return.
+``lost_writes``, ``torn_writes`` and ``lost_dir_ops`` count what crashes threw away.
 
 A failed fsync follows Linux after the 2018 "fsyncgate" finding: some pending writes reach
 the disk, the rest are dropped *and forgotten*, so a later fsync reports success without
@@ -213,6 +214,11 @@ class SimDisk:
         self.ops: dict[DiskOp, int] = dict.fromkeys(DiskOp, 0)
         self.bytes_written = 0
         self.crashes = 0
+        # What crashes threw away, summed over every crash: pending file operations lost
+        # whole, writes that landed torn, and directory changes that never became durable.
+        self.lost_writes = 0
+        self.torn_writes = 0
+        self.lost_dir_ops = 0
         self._files: dict[str, _Inode] = {}
         self._dirs: set[str] = {_ROOT}
         self._durable_files: dict[str, _Inode] = {}
@@ -294,7 +300,9 @@ class SimDisk:
         """Lose power: keep the durable state plus a random prefix of what was pending."""
         for directory in sorted(self._dir_ops):
             ops = self._dir_ops[directory]
-            for op in ops[: self.rng.randint(0, len(ops))]:
+            kept = self.rng.randint(0, len(ops))
+            self.lost_dir_ops += len(ops) - kept
+            for op in ops[:kept]:
                 _apply_dir_op(self._durable_files, self._durable_dirs, op)
         self._dir_ops.clear()
         self._durable_dirs = {d for d in self._durable_dirs if self._dir_alive(d)}
@@ -327,9 +335,13 @@ class SimDisk:
         for op in pending[:keep]:
             _apply_file_op(data, op)
         torn_op = pending[keep] if keep < len(pending) else None
+        self.lost_writes += len(pending) - keep
         if torn_op is not None and not isinstance(torn_op, int):
             offset, torn = torn_op
             cut = self.rng.randint(0, len(torn))
+            if cut:
+                self.lost_writes -= 1
+                self.torn_writes += 1
             if cut and self.rng.random() < 0.5:
                 torn = bytes(cut)  # the file grew, the data blocks never arrived
             _apply_file_op(data, (offset, torn[:cut]))

@@ -54,7 +54,8 @@ from replog.core.types import (
     Snapshot,
     SnapshotMeta,
 )
-from replog.testing.durable import DurableStore, MemoryStore
+from replog.storage import DiskOp, StorageFailed
+from replog.testing.durable import DurableStore, FaultyDisk, MemoryStore
 from replog.testing.events import EventQueue, Trace
 from replog.testing.faults import FaultPlan, link_params
 from replog.testing.invariants import InvariantViolation, SafetyChecker
@@ -208,6 +209,7 @@ class Cluster:
         self._clock_rng = random.Random(rng.getrandbits(64))
         network_rng = random.Random(rng.getrandbits(64))
         store_rng = random.Random(rng.getrandbits(64))
+        self._downtime_rng = random.Random(rng.getrandbits(64))
         self.queue = queue
         self.trace = trace
         self.faults = faults
@@ -217,6 +219,7 @@ class Cluster:
             for n in self.node_ids
         }
         self._stores = [node.store for node in self.nodes.values()]
+        self._disks = {n: s for n, s in self._by_id().items() if isinstance(s, FaultyDisk)}
         self.network = SimNetwork(
             self.node_ids,
             network_rng,
@@ -227,6 +230,9 @@ class Cluster:
         )
         self.network.set_links(link_params(plan, network_rng, self.node_ids))
         self.snapshots_taken = 0
+
+    def _by_id(self) -> dict[int, DurableStore]:
+        return {n: node.store for n, node in self.nodes.items()}
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -278,9 +284,15 @@ class Cluster:
             # Recovery found damage it must not repair alone: the node stays down, as a real
             # one would until an operator repairs its data directory.
             node.refused = f"{type(error).__name__}: {error}"
+            self._count_disk(node_id)
             self.faults["refused-start"] += 1
             self.trace.record(f"n{node_id} REFUSES TO START: {node.refused}")
+            if self.plan.disk_faults and node_id not in self.plan.damaged:
+                raise InvariantViolation(
+                    "recovery", f"refused a disk without media damage: {node.refused}", node=node_id
+                ) from error
             return
+        self._count_disk(node_id)
         snapshot_index = state.snapshot.meta.index if state.snapshot else 0
         last_index = state.entries[-1].index if state.entries else snapshot_index
         self.trace.record(
@@ -315,11 +327,49 @@ class Cluster:
         self.trace.record("HEAL")
         self.network.heal()
 
+    def inject_disk_error(self, node_id: int, op: DiskOp, error: int, after: int) -> bool:
+        disk = self._disks.get(node_id)
+        if disk is None:
+            return False
+        self.trace.record(f"n{node_id} DISK will fail {op.value} #{after + 1} with errno {error}")
+        disk.inject_error(op, error, after)
+        return True
+
+    def flip_bit(self, node_id: int) -> bool:
+        disk = self._disks.get(node_id)
+        where = None if disk is None else disk.flip_random_bit()
+        if where is not None:
+            self.trace.record(f"n{node_id} DISK bit flipped in {where}")
+        return where is not None
+
+    def _count_disk(self, node_id: int) -> None:
+        disk = self._disks.get(node_id)
+        if disk is not None:
+            self.faults.update(disk.drain_counts())
+
+    def _storage_failed(self, node: SimNode, error: StorageFailed) -> None:
+        """A write failed: the node stops at once (nothing of the failed Ready is sent,
+        applied or advanced) and restarts through recovery after a downtime."""
+        self.faults["disk:storage-failed"] += 1
+        self.trace.record(f"n{node.node_id} STORAGE FAILED: {error.cause}")
+        self.crash(node.node_id)
+        life = node.life
+        low, high = self.plan.downtime_ms
+        delay = self._downtime_rng.randint(low, high)
+        self.queue.after(delay, functools.partial(self._restart_life, node.node_id, life))
+
+    def _restart_life(self, node_id: int, life: int) -> None:
+        if self.nodes[node_id].life == life:
+            self.restart(node_id)
+
     def repair(self) -> None:
-        """End of the safety phase: heal, calm the network, resume and restart every node."""
+        """End of the safety phase: heal, calm the network, cancel scheduled disk errors,
+        resume and restart every node (a node whose recovery refused stays down)."""
         self.trace.record("REPAIR: heal, calm links, resume and restart every node")
         self.network.heal()
         self.network.calm()
+        for disk in self._disks.values():
+            disk.clear_errors()
         for node in self.nodes.values():
             node.paused_until = 0
             if node.raft is None:
@@ -442,7 +492,11 @@ class Cluster:
             if not raft.has_ready():
                 break
             ready = raft.ready()
-            self._persist(node, raft, ready)
+            try:
+                self._persist(node, raft, ready)
+            except StorageFailed as error:
+                self._storage_failed(node, error)
+                return
             for message in ready.messages:
                 self.network.send(message)
             self._apply(node, raft, ready)
@@ -458,7 +512,11 @@ class Cluster:
             # role are what they were after the last check.
             return
         self._serve_reads(node)
-        self._maybe_snapshot(node, raft)
+        try:
+            self._maybe_snapshot(node, raft)
+        except StorageFailed as error:
+            self._storage_failed(node, error)
+            return
         self._observe(node, raft)
 
     def _persist(self, node: SimNode, raft: RaftNode, ready: Ready) -> None:
@@ -473,9 +531,9 @@ class Cluster:
             entries=ready.entries,
             has_snapshot=ready.snapshot is not None,
         )
+        store.save(ready)
         if ready.hard_state is not None:
             checker.terms.observe(node.node_id, ready.hard_state.term)
-        store.save(ready)
         if ready.entries:
             prev_term = store.term_at(ready.entries[0].index - 1)
             assert prev_term is not None

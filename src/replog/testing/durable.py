@@ -25,15 +25,18 @@ factory ``(node_id, rng) -> DurableStore`` to ``run_seed`` / ``run_seeds`` / ``C
 (``rng`` is derived from the seed, for stores that need randomness of their own).
 ``walstore.WalStore`` is such a store: the real WAL on a simulated disk that loses unsynced
 bytes when it crashes. A store whose ``crash_and_recover`` raises a ``ReplogError`` (recovery
-found corruption) leaves its node down for the rest of the run.
+found corruption) leaves its node down for the rest of the run. A store that also implements
+``FaultyDisk`` lets the nemesis inject I/O errors and bit flips into its disk.
 """
 
 from __future__ import annotations
 
+import collections
 import random
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from replog.core.types import Entry, HardState, PersistentState, Ready, Snapshot
+from replog.storage import DiskOp
 from replog.testing.invariants import InvariantViolation
 
 
@@ -60,6 +63,27 @@ class DurableStore(Protocol):
 
     def durable_tuple(self) -> tuple[int, int, int, int]:
         """(term, voted_for, last index, last term) as durably stored."""
+
+
+@runtime_checkable
+class FaultyDisk(Protocol):
+    """A store on a disk the nemesis can damage (``walstore.WalStore``).
+
+    ``save`` and ``save_snapshot`` raise ``replog.storage.StorageFailed`` once an injected
+    error hit a write; the node must then stop, and ``crash_and_recover`` clears the faults
+    before recovery reads the disk back."""
+
+    def inject_error(self, op: DiskOp, error: int, after: int) -> None:
+        """Fail the call of ``op`` after ``after`` more calls of it, with errno ``error``."""
+
+    def clear_errors(self) -> None:
+        """Cancel the errors injected and not yet hit."""
+
+    def flip_random_bit(self) -> str | None:
+        """Flip one bit somewhere in a WAL segment or snapshot file; says where (or None)."""
+
+    def drain_counts(self) -> collections.Counter[str]:
+        """What the disk did since the last call (torn and lost writes at crashes, ...)."""
 
 
 class MemoryStore:

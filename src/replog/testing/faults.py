@@ -9,10 +9,19 @@ often the nemesis acts, how long nodes stay down, how often nodes snapshot, how 
 clocks drift). Some seeds get a calm world, some a storm; most get a mix. ``link_params``
 then gives each directed link its own variation of the plan's rates.
 
+With ``disk_faults`` (stores on a simulated disk) the plan also draws disk damage: whether
+chosen calls fail with EIO or ENOSPC, and the damaged set, the nodes (at most a minority,
+fixed for the whole seed) whose WAL segments and snapshot files get bit flips. A damaged node
+whose recovery refuses stays down; as the set is a minority, a majority is always left for
+the liveness phase. The disk draws come last, so the rest of a world is the same with or
+without them.
+
 The ``Nemesis`` is the adversary of the safety phase. At intervals drawn from the plan it picks
 one enabled action: cut the network into a shape, heal it, crash a node (and schedule its
 restart), pause a node (a stop-the-world stall: it neither ticks nor receives), or ask the
-leader to hand leadership over. Partition shapes follow the usual catalogue of partition
+leader to hand leadership over, schedule an I/O error on an up node's next few disk calls
+(the node stops when its save fails, and restarts through recovery), or flip a bit on a
+damaged node's disk. Partition shapes follow the usual catalogue of partition
 testing: an isolated leader, a majority/minority split, a bridge (one node sees both halves,
 which cannot see each other), a ring (each node sees only its two neighbours), and one-way
 loss. ``stop`` ends the safety phase; what remains broken is repaired by the simulator before
@@ -22,15 +31,29 @@ the liveness phase.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import errno
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from replog.storage import DiskOp
 from replog.testing.events import EventQueue, Trace
 from replog.testing.network import Link, LinkParams
 
 PARTITION_SHAPES = ("isolate-leader", "split", "bridge", "ring", "one-way")
+DISK_ERROR_OPS = (
+    DiskOp.WRITE,
+    DiskOp.WRITE,
+    DiskOp.FSYNC,
+    DiskOp.FSYNC,
+    DiskOp.CREATE,
+    DiskOp.FSYNC_DIR,
+    DiskOp.RENAME,
+    DiskOp.REMOVE,
+)
+DISK_ERRNOS = {errno.EIO: "eio", errno.ENOSPC: "enospc"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +73,12 @@ class FaultPlan:
     snapshot_interval: int = 20
     keep_entries: int = 0
     tick_jitter_ms: int = 0
+    disk_faults: bool = False  # the plan governs disk damage (damage outside it is a finding)
+    disk_errors: bool = False
+    damaged: tuple[int, ...] = ()  # nodes whose disks get bit flips (a minority)
 
     @staticmethod
-    def draw(rng: random.Random, nodes: int) -> FaultPlan:
+    def draw(rng: random.Random, nodes: int, disk_faults: bool = False) -> FaultPlan:
         def maybe(p: float, low: float, high: float) -> float:
             return rng.uniform(low, high) if rng.random() < p else 0.0
 
@@ -63,7 +89,7 @@ class FaultPlan:
         )
         gap = rng.choice((60, 150, 400))
         down = rng.choice((40, 200, 800))
-        return FaultPlan(
+        plan = FaultPlan(
             drop_rate=maybe(0.5, 0.01, 0.2),
             dup_rate=maybe(0.4, 0.01, 0.1),
             reorder_rate=maybe(0.5, 0.02, 0.2),
@@ -77,6 +103,15 @@ class FaultPlan:
             snapshot_interval=rng.choice((4, 10, 30, 100)),
             keep_entries=rng.choice((0, 0, 3, 20)),
             tick_jitter_ms=rng.choice((0, 1, 3)),
+        )
+        if not disk_faults:
+            return plan
+        damaged_count = rng.randint(1, (nodes - 1) // 2) if rng.random() < 0.4 else 0
+        return dataclasses.replace(
+            plan,
+            disk_faults=True,
+            disk_errors=rng.random() < 0.5,
+            damaged=tuple(sorted(rng.sample(range(1, nodes + 1), damaged_count))),
         )
 
     def describe(self) -> str:
@@ -93,6 +128,9 @@ class FaultPlan:
             f"snapshot every {self.snapshot_interval} keep {self.keep_entries}",
             f"tick jitter {self.tick_jitter_ms}ms",
         ]
+        if self.disk_faults:
+            flips = ",".join(f"n{n}" for n in self.damaged) or "none"
+            parts.append(f"disk errors={'on' if self.disk_errors else 'off'} bit flips={flips}")
         return " ".join(parts)
 
     def nemesis_actions(self) -> tuple[str, ...]:
@@ -105,6 +143,10 @@ class FaultPlan:
             actions.append("pause")
         if self.transfers:
             actions.append("transfer")
+        if self.disk_errors:
+            actions.append("disk-error")
+        if self.damaged:
+            actions.append("flip")
         return tuple(actions)
 
 
@@ -185,6 +227,8 @@ class FaultTarget(Protocol):
     def transfer_leader(self, leader: int, to: int) -> None: ...
     def partition(self, blocked: frozenset[Link], description: str) -> None: ...
     def heal(self) -> None: ...
+    def inject_disk_error(self, node_id: int, op: DiskOp, error: int, after: int) -> bool: ...
+    def flip_bit(self, node_id: int) -> bool: ...
 
 
 class Nemesis:
@@ -235,6 +279,10 @@ class Nemesis:
             self._crash()
         elif action == "pause":
             self._pause()
+        elif action == "disk-error":
+            self._disk_error()
+        elif action == "flip":
+            self._flip()
         else:
             self._transfer()
 
@@ -266,6 +314,21 @@ class Nemesis:
         if up:
             self._faults["pause"] += 1
             self._target.pause(self._rng.choice(up), self._rng.randint(20, 400))
+
+    def _disk_error(self) -> None:
+        up = [n for n in self._target.node_ids if self._target.is_up(n)]
+        if not up:
+            return
+        node = self._rng.choice(up)
+        op = self._rng.choice(DISK_ERROR_OPS)
+        error = self._rng.choice(sorted(DISK_ERRNOS))
+        if self._target.inject_disk_error(node, op, error, self._rng.randint(0, 2)):
+            self._faults[f"disk:inject-{DISK_ERRNOS[error]}"] += 1
+
+    def _flip(self) -> None:
+        node = self._rng.choice(self._plan.damaged)
+        if self._target.flip_bit(node):
+            self._faults["disk:bit-flip"] += 1
 
     def _transfer(self) -> None:
         leader = self._target.leader()

@@ -10,7 +10,9 @@ A run has two phases (the structure of TigerBeetle's simulator):
 
 1. Safety: ``events`` events with the seed's faults on: lossy, duplicating, reordering links,
    partitions, crashes with restarts from durable state only, pauses, leadership transfers,
-   while clients read, write and compare-and-set. The checkers in ``invariants`` run after
+   and, with ``disk_faults`` on a store over a simulated disk, I/O errors that stop a node,
+   writes lost or torn by its crashes, and bit flips on a minority of the disks, while
+   clients read, write and compare-and-set. The checkers in ``invariants`` run after
    every event; the first broken property ends the run.
 2. Liveness: the nemesis stops, partitions heal, links calm down, paused nodes resume, crashed
    nodes restart. Within ``liveness_election_timeouts`` election timeouts of virtual time a
@@ -62,6 +64,7 @@ class SimConfig:
     linearizability_max_states: int = 200_000
     linearizability_time_budget_s: float = 20.0
     ops_max: int = 5000
+    disk_faults: bool = False  # I/O errors and bit flips, for stores on a simulated disk
 
     def cluster_settings(self, rng: random.Random, pauses: bool) -> ClusterSettings:
         if self.vary_tuning:
@@ -136,7 +139,8 @@ class _World:
         self.trace = Trace(self.queue, config.trace_tail_lines, trace_sink)
         self.faults: collections.Counter[str] = collections.Counter()
         self.checker = SafetyChecker()
-        self.plan = FaultPlan.draw(random.Random(master.getrandbits(64)), config.nodes)
+        plan_rng = random.Random(master.getrandbits(64))
+        self.plan = FaultPlan.draw(plan_rng, config.nodes, config.disk_faults)
         tuning_rng = random.Random(master.getrandbits(64))
         self.settings = config.cluster_settings(tuning_rng, self.plan.pauses)
         self.cluster = Cluster(

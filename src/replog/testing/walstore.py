@@ -14,18 +14,28 @@ Small segments make segment roll-over and compaction happen within a short simul
 Recovery refusing to open (``CorruptionError``) propagates; the cluster keeps such a node down,
 as an operator would have to repair it.
 
-Media damage is opt-in: ``tail_flips_on_crash`` flips one bit near the end of the newest WAL
-segment at each crash, the place where recovery cannot tell a flipped bit from a torn write.
-``with_tail_flips`` builds a store factory that damages only the nodes given (a minority).
+Disk faults (``FaultyDisk``), driven by the nemesis: ``inject_error`` makes a chosen call
+(write, fsync, create, rename, remove, directory fsync) fail with EIO or ENOSPC; the storage
+then refuses every later write (``StorageFailed``) and the cluster stops the node.
+``flip_random_bit`` flips one bit anywhere in a WAL segment or snapshot file, at most once per
+life of the disk's contents, so each recovery faces a single flipped bit.
+``crash_and_recover`` clears the scheduled errors first (the operator replaced the disk
+controller, the full volume got space), then cuts the power; the unsynced writes it loses and
+the writes it tears are counted for the run's summary (``drain_counts``).
+
+``tail_flips_on_crash`` flips one bit near the end of the newest WAL segment at each crash,
+the place where a flipped bit looks most like a torn write. ``with_tail_flips`` builds a store
+factory that damages only the nodes given (a minority).
 """
 
 from __future__ import annotations
 
+import collections
 import random
 from collections.abc import Callable, Collection
 
 from replog.core.types import PersistentState, Ready, Snapshot
-from replog.storage import NodeStorage, SimDisk, StorageOptions
+from replog.storage import DiskOp, NodeStorage, SimDisk, StorageOptions
 from replog.testing.durable import DurableStore
 
 DATA_DIRECTORY = "/replog/data"
@@ -48,6 +58,8 @@ class WalStore:
         self.disk = SimDisk(rng)
         self.tail_flips_on_crash = tail_flips_on_crash
         self.tail_flips = 0
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._flipped = False  # a bit was flipped since the last recovery
         self._options = options or StorageOptions(segment_bytes=16 << 10)
         self.storage, _ = NodeStorage.open(
             self.disk, DATA_DIRECTORY, CLUSTER_ID, node_id, self._options
@@ -89,13 +101,52 @@ class WalStore:
             self.storage.save_snapshot(snapshot)
 
     def crash_and_recover(self) -> PersistentState:
-        self.disk.crash()
+        disk = self.disk
+        disk.clear_faults()
+        before = (disk.lost_writes, disk.torn_writes, disk.lost_dir_ops)
+        disk.crash()
+        self._counts["disk:lost-unsynced"] += disk.lost_writes - before[0]
+        self._counts["disk:torn"] += disk.torn_writes - before[1]
+        self._counts["disk:lost-dir-op"] += disk.lost_dir_ops - before[2]
         if self.tail_flips_on_crash:
             self._flip_near_the_tail()
+        self._flipped = False
         self.storage, state = NodeStorage.open(
-            self.disk, DATA_DIRECTORY, CLUSTER_ID, self.node_id, self._options
+            disk, DATA_DIRECTORY, CLUSTER_ID, self.node_id, self._options
         )
         return state
+
+    # ---- FaultyDisk ----------------------------------------------------------------------
+
+    def inject_error(self, op: DiskOp, error: int, after: int) -> None:
+        self.disk.fail_next(op, error, after=after, path_contains=DATA_DIRECTORY)
+
+    def clear_errors(self) -> None:
+        self.disk.clear_faults()
+
+    def flip_random_bit(self) -> str | None:
+        if self._flipped:
+            return None
+        disk = self.disk
+        files = [
+            f"{DATA_DIRECTORY}/{name}"
+            for name in disk.list_dir(DATA_DIRECTORY)
+            if name.endswith((".wal", ".snap"))
+        ]
+        files = [path for path in files if disk.file_size(path) > 0]
+        if not files:
+            return None
+        rng = disk.rng
+        path = rng.choice(files)
+        offset = rng.randrange(disk.file_size(path))
+        disk.flip_bit(path, offset, rng.randrange(8))
+        self._flipped = True
+        return f"{path} at {offset}"
+
+    def drain_counts(self) -> collections.Counter[str]:
+        counts = +self._counts  # drops the zero counts
+        self._counts.clear()
+        return counts
 
     def _flip_near_the_tail(self) -> None:
         segments = [n for n in self.disk.list_dir(DATA_DIRECTORY) if n.endswith(".wal")]
