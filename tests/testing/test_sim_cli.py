@@ -25,6 +25,9 @@ def test_help_explains_the_options() -> None:
     assert code == 0
     for option in ("--seeds", "--seed", "--nodes", "--events", "--output", "--trace"):
         assert option in out
+    flat = " ".join(out.split())
+    assert "--store [wal|memory]" in flat and "--disk-faults / --no-disk-faults" in flat
+    assert "[default: wal]" in flat
     assert "liveness" in out
 
 
@@ -49,10 +52,20 @@ def test_json_summary() -> None:
     assert summary["events_per_seed"] > 1500
 
 
-def test_wal_store() -> None:
-    code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500", "--store", "wal")
+def test_wal_store_with_disk_faults_is_the_default() -> None:
+    code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500")
     assert code == 0, out
-    assert "store           wal" in out
+    assert "store           wal with disk faults" in out
+
+
+def test_memory_store_and_no_disk_faults() -> None:
+    code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500", "--store", "memory")
+    assert code == 0, out
+    assert "store           memory\n" in out
+    code, out, _ = invoke("--seed", "3", "--seeds", "2", "--events", "1500", "--no-disk-faults")
+    assert code == 0, out
+    assert "store           wal\n" in out
+    assert "disk:inject" not in out
 
 
 def test_random_start_without_seed() -> None:

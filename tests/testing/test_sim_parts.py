@@ -4,17 +4,22 @@ the liveness probe."""
 from __future__ import annotations
 
 import collections
+import dataclasses
+import errno
 import random
+from collections.abc import Callable
 
 import pytest
 
 from replog.core.types import Heartbeat, Message
+from replog.storage import DiskOp
 from replog.testing.cluster import Cluster, ClusterSettings
 from replog.testing.events import EventQueue, Trace
 from replog.testing.faults import PARTITION_SHAPES, FaultPlan, partition_links
 from replog.testing.invariants import InvariantViolation, Provenance, SafetyChecker
 from replog.testing.network import LinkParams, SimNetwork
 from replog.testing.simkv import ABSENT, Command, KvMachine, decode_command, encode_command
+from replog.testing.walstore import DATA_DIRECTORY, WalStore
 from replog.testing.workload import LivenessProbe
 
 # ---- event queue and trace --------------------------------------------------------------------
@@ -160,6 +165,75 @@ def test_fault_plans_differ_per_seed_and_cover_every_kind() -> None:
     assert all(
         "ring" not in FaultPlan.draw(random.Random(s), 3).partition_shapes for s in range(50)
     )
+
+
+def test_disk_faults_damage_a_minority_and_leave_the_rest_of_the_plan_alone() -> None:
+    for nodes in (3, 5, 7):
+        plans = [
+            FaultPlan.draw(random.Random(seed), nodes, disk_faults=True) for seed in range(200)
+        ]
+        assert all(len(plan.damaged) <= (nodes - 1) // 2 for plan in plans)
+        assert all(set(plan.damaged) <= set(range(1, nodes + 1)) for plan in plans)
+        assert any(plan.damaged for plan in plans) and not all(plan.damaged for plan in plans)
+        assert any(plan.disk_errors for plan in plans)
+        assert all(("flip" in plan.nemesis_actions()) == bool(plan.damaged) for plan in plans)
+        for seed, plan in enumerate(plans[:50]):
+            without = FaultPlan.draw(random.Random(seed), nodes)
+            assert not without.disk_faults and "disk-error" not in without.nemesis_actions()
+            same = dataclasses.replace(plan, disk_faults=False, disk_errors=False, damaged=())
+            assert same == without
+
+
+def wal_cluster(plan: FaultPlan, faults: collections.Counter[str]) -> Cluster:
+    queue = EventQueue()
+    return Cluster(
+        ClusterSettings(nodes=3),
+        plan,
+        random.Random(4),
+        queue=queue,
+        trace=Trace(queue),
+        faults=faults,
+        checker=SafetyChecker(),
+        store_factory=WalStore,
+    )
+
+
+def run_until(cluster: Cluster, done: Callable[[], bool], events: int = 20_000) -> None:
+    for _ in range(events):
+        if done():
+            return
+        action = cluster.queue.pop()
+        assert action is not None
+        action()
+    raise AssertionError("not done in time")
+
+
+def test_a_failed_save_stops_the_node_until_it_restarts_through_recovery() -> None:
+    faults: collections.Counter[str] = collections.Counter()
+    cluster = wal_cluster(FaultPlan(disk_faults=True, disk_errors=True), faults)
+    cluster.start()
+    run_until(cluster, lambda: cluster.leader() is not None)
+    leader = cluster.leader()
+    assert leader is not None
+    assert cluster.inject_disk_error(leader, DiskOp.FSYNC, errno.EIO, 0)
+    run_until(cluster, lambda: not cluster.is_up(leader))
+    assert faults["disk:storage-failed"] == 1
+    run_until(cluster, lambda: cluster.is_up(leader))
+    assert "refused-start" not in faults
+    run_until(cluster, lambda: cluster.nodes[leader].kv.applied_index > 0)
+
+
+def test_recovery_refusing_a_disk_outside_the_damaged_set_is_a_violation() -> None:
+    cluster = wal_cluster(FaultPlan(disk_faults=True), collections.Counter())
+    cluster.start()
+    run_until(cluster, lambda: cluster.leader() is not None)
+    cluster.crash(1)
+    store = cluster.nodes[1].store
+    assert isinstance(store, WalStore)
+    segment = next(n for n in store.disk.list_dir(DATA_DIRECTORY) if n.endswith(".wal"))
+    store.disk.flip_bit(f"{DATA_DIRECTORY}/{segment}", 20)
+    with pytest.raises(InvariantViolation, match=r"recovery violated.*without media damage"):
+        cluster.restart(1)
 
 
 def test_cluster_settings_never_combine_lease_reads_with_pauses() -> None:
