@@ -8,7 +8,7 @@ import random
 import pytest
 
 from replog.storage.disk import OpenMode
-from replog.storage.simdisk import DiskOp, SimDisk
+from replog.storage.simdisk import DiskOp, PowerCut, SimDisk
 
 
 def _disk(seed: int = 0) -> SimDisk:
@@ -228,3 +228,25 @@ def test_directory_listing_and_errors() -> None:
     assert disk.lock("/d/LOCK") and not disk.lock("/d/LOCK")
     disk.unlock("/d/LOCK")
     assert disk.lock("/d/LOCK")
+
+
+def test_power_cut_stops_the_disk_mid_call_until_the_crash() -> None:
+    outcomes: set[bytes] = set()
+    lost = torn = 0
+    for seed in range(30):
+        disk = _disk(seed)
+        _durable_file(disk, "/d/a", b"synced|")
+        handle = disk.open("/d/a", OpenMode.WRITE)
+        disk.cut_power_next(DiskOp.FSYNC, path_contains="/d/a")
+        handle.append(b"pending")
+        with pytest.raises(PowerCut):
+            handle.fsync()
+        with pytest.raises(PowerCut):
+            disk.list_dir("/d")  # the power stays off
+        disk.crash()
+        outcomes.add(disk.contents("/d/a"))
+        lost, torn = lost + disk.lost_writes, torn + disk.torn_writes
+        assert disk.list_dir("/d") == ["a"], "back on after the crash"
+    assert b"synced|pending" in outcomes and torn > 0
+    assert all(b"synced|pending".startswith(o[:7]) for o in outcomes)
+    assert lost + torn < 30

@@ -26,7 +26,7 @@ from replog.storage.errors import (
 )
 from replog.storage.node_storage import NodeStorage, StorageOptions
 from replog.storage.recovery import Finding, Severity
-from replog.storage.simdisk import DiskOp, SimDisk
+from replog.storage.simdisk import DiskOp, PowerCut, SimDisk
 from replog.storage.snapshot import SnapshotPolicy
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "NodeStorage",
     "OpenMode",
     "OsDisk",
+    "PowerCut",
     "Severity",
     "SimDisk",
     "SnapshotPolicy",

@@ -20,9 +20,11 @@ the disk, the rest are dropped *and forgotten*, so a later fsync reports success
 making them durable. A failed write may leave a prefix of its bytes behind.
 
 Faults are switched on explicitly (``fail_next``, ``fail_rate``, ``set_read_only``,
-``capacity_bytes``) and bits flip only through ``flip_bit`` / ``flip_random_bits``; with the
-same seed and the same calls, the same things happen. One ``SimDisk`` models one machine's disk:
-give each simulated node its own. Handles opened before a crash are dead afterwards (EBADF).
+``capacity_bytes``, ``cut_power_next``) and bits flip only through ``flip_bit`` /
+``flip_random_bits``; with the same seed and the same calls, the same things happen. One
+``SimDisk`` models one machine's disk: give each simulated node its own. Handles opened before
+a crash are dead afterwards (EBADF). A power cut (``cut_power_next``) stops the disk in the
+middle of a call: that call and every later one raise ``PowerCut`` until ``crash()``.
 """
 
 from __future__ import annotations
@@ -64,10 +66,15 @@ _MUTATING = frozenset(
     }
 )
 _SCHEDULED_FAULTS_MAX = 1024
+_POWER_CUT = -1  # a scheduled fault that cuts the power instead of returning an errno
 _ROOT = "/"
 
 # A pending file operation: (offset, bytes) is a write, an int is a truncate to that size.
 _FileOp = tuple[int, bytes] | int
+
+
+class PowerCut(Exception):
+    """The power went out in the middle of a disk call (see ``SimDisk.cut_power_next``)."""
 
 
 class _Inode:
@@ -228,6 +235,7 @@ class SimDisk:
         self._scheduled: list[_Scheduled] = []
         self._rates: dict[DiskOp, tuple[float, int]] = {}
         self._read_only = False
+        self._powered_off = False  # a scheduled power cut hit; crash() turns it back on
 
     # ---- fault switches ----------------------------------------------------------------------
 
@@ -245,6 +253,14 @@ class SimDisk:
         assert count >= 1 and after >= 0
         assert len(self._scheduled) < _SCHEDULED_FAULTS_MAX, "too many scheduled faults"
         self._scheduled.append(_Scheduled(op, error, count, after, path_contains))
+
+    def cut_power_next(self, op: DiskOp, *, after: int = 0, path_contains: str = "") -> None:
+        """Cut the power at a coming call of ``op`` (after ``after`` matching calls): the call
+        raises ``PowerCut`` before it takes effect, and so does every later call, until
+        ``crash()`` (what the process wrote but never synced is then lost or torn)."""
+        assert after >= 0
+        assert len(self._scheduled) < _SCHEDULED_FAULTS_MAX, "too many scheduled faults"
+        self._scheduled.append(_Scheduled(op, _POWER_CUT, 1, after, path_contains))
 
     def fail_rate(self, op: DiskOp, probability: float, error: int = errno.EIO) -> None:
         """Fail each call of ``op`` with ``probability`` (0 switches it off)."""
@@ -318,6 +334,7 @@ class SimDisk:
         self._files = dict(self._durable_files)
         self._dirs = set(self._durable_dirs)
         self._locks.clear()
+        self._powered_off = False
         self.epoch += 1
         self.crashes += 1
 
@@ -477,6 +494,8 @@ class SimDisk:
 
     def draw_fault(self, op: DiskOp, path: str, grow_bytes: int) -> int | None:
         """The errno this call fails with, or None; consumes scheduled faults."""
+        if self._powered_off:
+            raise PowerCut(f"{op.value} {path}: the power is off")
         if self._read_only and op in _MUTATING:
             return errno.EROFS
         for fault in self._scheduled:
@@ -487,6 +506,9 @@ class SimDisk:
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     self._scheduled.remove(fault)
+                if fault.error == _POWER_CUT:
+                    self._powered_off = True
+                    raise PowerCut(f"{op.value} {path}: the power went out")
                 return fault.error
         rate = self._rates.get(op)
         if rate is not None and self.rng.random() < rate[0]:

@@ -54,7 +54,7 @@ from replog.core.types import (
     Snapshot,
     SnapshotMeta,
 )
-from replog.storage import DiskOp, StorageFailed
+from replog.storage import DiskOp, PowerCut, StorageFailed
 from replog.testing.durable import DurableStore, FaultyDisk, MemoryStore
 from replog.testing.events import EventQueue, Trace
 from replog.testing.faults import FaultPlan, link_params
@@ -347,11 +347,24 @@ class Cluster:
         if disk is not None:
             self.faults.update(disk.drain_counts())
 
-    def _storage_failed(self, node: SimNode, error: StorageFailed) -> None:
-        """A write failed: the node stops at once (nothing of the failed Ready is sent,
-        applied or advanced) and restarts through recovery after a downtime."""
-        self.faults["disk:storage-failed"] += 1
-        self.trace.record(f"n{node.node_id} STORAGE FAILED: {error.cause}")
+    def cut_power(self, node_id: int, op: DiskOp, after: int) -> bool:
+        disk = self._disks.get(node_id)
+        if disk is None:
+            return False
+        self.trace.record(f"n{node_id} DISK power will go out at {op.value} #{after + 1}")
+        disk.cut_power(op, after)
+        return True
+
+    def _halt(self, node: SimNode, error: StorageFailed | PowerCut) -> None:
+        """A write failed or the power went out: the node stops at once (nothing of the
+        Ready being saved is sent, applied or advanced) and restarts through recovery after
+        a downtime."""
+        if isinstance(error, PowerCut):
+            self.faults["disk:power-cut"] += 1
+            self.trace.record(f"n{node.node_id} POWER CUT: {error}")
+        else:
+            self.faults["disk:storage-failed"] += 1
+            self.trace.record(f"n{node.node_id} STORAGE FAILED: {error.cause}")
         self.crash(node.node_id)
         life = node.life
         low, high = self.plan.downtime_ms
@@ -494,8 +507,8 @@ class Cluster:
             ready = raft.ready()
             try:
                 self._persist(node, raft, ready)
-            except StorageFailed as error:
-                self._storage_failed(node, error)
+            except (StorageFailed, PowerCut) as error:
+                self._halt(node, error)
                 return
             for message in ready.messages:
                 self.network.send(message)
@@ -514,8 +527,8 @@ class Cluster:
         self._serve_reads(node)
         try:
             self._maybe_snapshot(node, raft)
-        except StorageFailed as error:
-            self._storage_failed(node, error)
+        except (StorageFailed, PowerCut) as error:
+            self._halt(node, error)
             return
         self._observe(node, raft)
 

@@ -70,11 +70,15 @@ class FaultyDisk(Protocol):
     """A store on a disk the nemesis can damage (``walstore.WalStore``).
 
     ``save`` and ``save_snapshot`` raise ``replog.storage.StorageFailed`` once an injected
-    error hit a write; the node must then stop, and ``crash_and_recover`` clears the faults
-    before recovery reads the disk back."""
+    error hit a write, or ``replog.storage.PowerCut`` when the power went out; either way the
+    node must stop, and ``crash_and_recover`` clears the faults before recovery reads the disk
+    back."""
 
     def inject_error(self, op: DiskOp, error: int, after: int) -> None:
         """Fail the call of ``op`` after ``after`` more calls of it, with errno ``error``."""
+
+    def cut_power(self, op: DiskOp, after: int) -> None:
+        """Cut the power at a coming call of ``op``: ``save`` raises ``PowerCut``."""
 
     def clear_errors(self) -> None:
         """Cancel the errors injected and not yet hit."""

@@ -18,14 +18,16 @@ without them.
 
 The ``Nemesis`` is the adversary of the safety phase. At intervals drawn from the plan it picks
 one enabled action: cut the network into a shape, heal it, crash a node (and schedule its
-restart), pause a node (a stop-the-world stall: it neither ticks nor receives), or ask the
-leader to hand leadership over, schedule an I/O error on an up node's next few disk calls
-(the node stops when its save fails, and restarts through recovery), or flip a bit on a
-damaged node's disk. Partition shapes follow the usual catalogue of partition
-testing: an isolated leader, a majority/minority split, a bridge (one node sees both halves,
-which cannot see each other), a ring (each node sees only its two neighbours), and one-way
-loss. ``stop`` ends the safety phase; what remains broken is repaired by the simulator before
-the liveness phase.
+restart), pause a node (a stop-the-world stall: it neither ticks nor receives), ask the leader
+to hand leadership over, schedule an I/O error on one of an up node's next disk calls (the
+node stops when its save fails, and restarts through recovery), or flip a bit on a damaged
+node's disk. With disk faults, some crashes are power cuts in the middle of a coming disk call
+(mostly the fsync of a batch just written), which the crash then loses or tears.
+
+Partition shapes follow the usual catalogue of partition testing: an isolated leader, a
+majority/minority split, a bridge (one node sees both halves, which cannot see each other), a
+ring (each node sees only its two neighbours), and one-way loss. ``stop`` ends the safety
+phase; what remains broken is repaired by the simulator before the liveness phase.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ DISK_ERROR_OPS = (
     DiskOp.RENAME,
     DiskOp.REMOVE,
 )
+POWER_CUT_OPS = (DiskOp.FSYNC, DiskOp.FSYNC, DiskOp.FSYNC, DiskOp.WRITE, DiskOp.RENAME)
 DISK_ERRNOS = {errno.EIO: "eio", errno.ENOSPC: "enospc"}
 
 
@@ -229,6 +232,7 @@ class FaultTarget(Protocol):
     def heal(self) -> None: ...
     def inject_disk_error(self, node_id: int, op: DiskOp, error: int, after: int) -> bool: ...
     def flip_bit(self, node_id: int) -> bool: ...
+    def cut_power(self, node_id: int, op: DiskOp, after: int) -> bool: ...
 
 
 class Nemesis:
@@ -299,6 +303,12 @@ class Nemesis:
             return
         leader = self._target.leader()
         victim = leader if leader is not None and self._rng.random() < 0.3 else self._rng.choice(up)
+        if self._plan.disk_faults and self._rng.random() < 0.3:
+            # The power goes out in the middle of one of the victim's coming disk calls; the
+            # cluster stops it then and restarts it after a downtime.
+            op = self._rng.choice(POWER_CUT_OPS)
+            self._target.cut_power(victim, op, self._rng.randint(0, 1))
+            return
         self._faults["crash"] += 1
         self._target.crash(victim)
         low, high = self._plan.downtime_ms

@@ -17,6 +17,8 @@ as an operator would have to repair it.
 Disk faults (``FaultyDisk``), driven by the nemesis: ``inject_error`` makes a chosen call
 (write, fsync, create, rename, remove, directory fsync) fail with EIO or ENOSPC; the storage
 then refuses every later write (``StorageFailed``) and the cluster stops the node.
+``cut_power`` makes the power go out at a chosen call, typically the fsync of a batch already
+written: the node stops there, and the crash that follows loses or tears that batch.
 ``flip_random_bit`` flips one bit anywhere in a WAL segment or snapshot file, at most once per
 life of the disk's contents, so each recovery faces a single flipped bit.
 ``crash_and_recover`` clears the scheduled errors first (the operator replaced the disk
@@ -120,6 +122,9 @@ class WalStore:
 
     def inject_error(self, op: DiskOp, error: int, after: int) -> None:
         self.disk.fail_next(op, error, after=after, path_contains=DATA_DIRECTORY)
+
+    def cut_power(self, op: DiskOp, after: int) -> None:
+        self.disk.cut_power_next(op, after=after, path_contains=DATA_DIRECTORY)
 
     def clear_errors(self) -> None:
         self.disk.clear_faults()
