@@ -208,16 +208,20 @@ def run_until(cluster: Cluster, done: Callable[[], bool], events: int = 20_000) 
     raise AssertionError("not done in time")
 
 
-def test_a_failed_save_stops_the_node_until_it_restarts_through_recovery() -> None:
+@pytest.mark.parametrize("fault", ["disk:storage-failed", "disk:power-cut"])
+def test_a_failed_save_stops_the_node_until_it_restarts_through_recovery(fault: str) -> None:
     faults: collections.Counter[str] = collections.Counter()
     cluster = wal_cluster(FaultPlan(disk_faults=True, disk_errors=True), faults)
     cluster.start()
     run_until(cluster, lambda: cluster.leader() is not None)
     leader = cluster.leader()
     assert leader is not None
-    assert cluster.inject_disk_error(leader, DiskOp.FSYNC, errno.EIO, 0)
+    if fault == "disk:power-cut":
+        assert cluster.cut_power(leader, DiskOp.FSYNC, 0)
+    else:
+        assert cluster.inject_disk_error(leader, DiskOp.FSYNC, errno.EIO, 0)
     run_until(cluster, lambda: not cluster.is_up(leader))
-    assert faults["disk:storage-failed"] == 1
+    assert faults[fault] == 1
     run_until(cluster, lambda: cluster.is_up(leader))
     assert "refused-start" not in faults
     run_until(cluster, lambda: cluster.nodes[leader].kv.applied_index > 0)
