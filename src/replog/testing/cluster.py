@@ -26,6 +26,11 @@ A crash drops the ``RaftNode``, the state machine and every waiting request (wri
 ``info``: they may still commit; reads ``fail``: they had no effect); a restart builds a new
 ``RaftNode`` from ``store.crash_and_recover()`` with a fresh generator drawn from the seed; if
 recovery refuses (corruption it must not repair alone), the node stays down for good.
+A node whose save raises ``StorageFailed`` (an injected I/O error) or ``PowerCut`` stops right
+there, as a server must: nothing of that Ready is sent, applied or advanced. It restarts through
+recovery after a downtime drawn from the plan. With the plan's disk faults on, only a node of
+the plan's damaged set may be refused by recovery; a refusal anywhere else is a violation, so
+the nodes that stay down are a minority and the liveness phase always has a majority.
 Ticks carry the node's life number, so a tick scheduled before a crash never reaches the next
 life. A paused node neither ticks nor takes messages or requests until it resumes; whatever
 reaches it meanwhile waits. Nodes never call back into a client synchronously from inside a
@@ -546,6 +551,7 @@ class Cluster:
         )
         store.save(ready)
         if ready.hard_state is not None:
+            # Only once durable: a term whose save failed was never acted on and may be lost.
             checker.terms.observe(node.node_id, ready.hard_state.term)
         if ready.entries:
             prev_term = store.term_at(ready.entries[0].index - 1)
