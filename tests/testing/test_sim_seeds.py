@@ -1,5 +1,8 @@
 """The simulator over fixed sets of seeds: the core must survive every world, and the simulator
-must notice a broken world (a store that loses what it promised to keep)."""
+must notice a broken world (a store that loses what it promised to keep).
+
+Most fixed seeds run on the WAL store with disk faults (what ``replog sim`` runs by default);
+the rest on the in-memory model store, which keeps the protocol's own faults fast to replay."""
 
 from __future__ import annotations
 
@@ -8,38 +11,57 @@ import collections
 import pytest
 
 from replog.core.types import HardState, PersistentState
+from replog.testing.cluster import StoreFactory
 from replog.testing.durable import MemoryStore
 from replog.testing.sim import RunSummary, SeedResult, SimConfig, run_seed, run_seeds
 from replog.testing.walstore import DATA_DIRECTORY, WalStore, with_tail_flips
 
 CHUNK = 25
-FIXED = [(3, start) for start in range(0, 200, CHUNK)] + [
-    (5, start) for start in range(10_000, 10_100, CHUNK)
-]
-EVENTS = 10_000  # the CLI default; about 1 minute for the 300 seeds on one core
-TOTALS: dict[int, RunSummary] = {}
+FIXED = (
+    [(3, "memory", start) for start in range(0, 75, CHUNK)]
+    + [(3, "wal", start) for start in range(75, 225, CHUNK)]
+    + [(5, "memory", 10_000)]
+    + [(5, "wal", start) for start in range(10_025, 10_100, CHUNK)]
+)
+EVENTS = 6000  # about 1 minute for the 325 seeds on one core
+STORES: dict[str, StoreFactory] = {"memory": MemoryStore, "wal": WalStore}
+TOTALS: dict[tuple[int, str], RunSummary] = {}
+DISK_FAULTS = {
+    "disk:inject-eio",
+    "disk:inject-enospc",
+    "disk:storage-failed",
+    "disk:torn",
+    "disk:lost-unsynced",
+    "disk:bit-flip",
+    "disk:power-cut",
+    "refused-start",
+}
 
 
 def report(result: SeedResult, config: SimConfig) -> str:
+    store = "" if config.disk_faults else " --store memory"
+    replay = f"replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}"
     lines = [
         f"seed {result.seed} ({config.nodes} nodes): {result.violation}",
         f"world: {result.plan}",
-        f"replay: replog sim --seed {result.seed} --nodes {config.nodes} --events {config.events}",
+        f"replay: {replay}{store}",
         "trace tail:",
         *(f"  {line}" for line in result.trace_tail),
     ]
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize(("nodes", "start"), FIXED, ids=[f"{n}n-{s}" for n, s in FIXED])
-def test_fixed_seeds(nodes: int, start: int) -> None:
-    config = SimConfig(nodes=nodes, events=EVENTS)
-    summary = run_seeds(range(start, start + CHUNK), config)
+@pytest.mark.parametrize(
+    ("nodes", "store", "start"), FIXED, ids=[f"{n}n-{st}-{s}" for n, st, s in FIXED]
+)
+def test_fixed_seeds(nodes: int, store: str, start: int) -> None:
+    config = SimConfig(nodes=nodes, events=EVENTS, disk_faults=store == "wal")
+    summary = run_seeds(range(start, start + CHUNK), config, store_factory=STORES[store])
     if summary.failures:
         pytest.fail(report(summary.failures[0], config), pytrace=False)
     assert summary.linearizability["not linearizable"] == 0
     assert summary.elections >= CHUNK and summary.commits > CHUNK * 10
-    total = TOTALS.setdefault(nodes, RunSummary(nodes=nodes))
+    total = TOTALS.setdefault((nodes, store), RunSummary(nodes=nodes))
     total.seeds += summary.seeds
     total.faults.update(summary.faults)
     total.linearizability.update(summary.linearizability)
@@ -47,15 +69,19 @@ def test_fixed_seeds(nodes: int, start: int) -> None:
 
 def test_fixed_seeds_inject_every_kind_of_fault() -> None:
     """Runs after the fixed sets (same module, file order) and checks what they injected."""
-    if set(TOTALS) != {3, 5}:
+    if set(TOTALS) != {(n, st) for n, st, _ in FIXED}:
         pytest.skip("needs the fixed-seed tests of this module to have run")
-    for nodes, total in TOTALS.items():
+    for (nodes, store), total in TOTALS.items():
         kinds = set(total.faults)
         expected = {"drop", "duplicate", "reorder", "crash", "restart", "pause", "transfer", "heal"}
         expected |= {f"partition:{s}" for s in ("isolate-leader", "split", "bridge", "one-way")}
         if nodes >= 4:
             expected.add("partition:ring")
-        assert expected <= kinds, f"{nodes} nodes: missing {expected - kinds}"
+        if store == "wal":
+            expected |= DISK_FAULTS
+        else:
+            assert not {k for k in kinds if k.startswith("disk:")}, "disk faults need a disk"
+        assert expected <= kinds, f"{nodes} nodes, {store}: missing {expected - kinds}"
         assert total.linearizability["linearizable"] >= total.seeds * 0.95
 
 

@@ -376,6 +376,11 @@ class SimDisk:
     def contents(self, path: str) -> bytes:
         return bytes(self._files[_norm(path)].data)
 
+    def files(self, under: str = _ROOT) -> list[str]:
+        """The paths of the files below ``under``, sorted (no fault, no op counted)."""
+        prefix = _norm(under).rstrip("/") + "/"
+        return sorted(path for path in self._files if path.startswith(prefix))
+
     def durable_contents(self, path: str) -> bytes | None:
         inode = self._durable_files.get(_norm(path))
         return None if inode is None else bytes(inode.durable)

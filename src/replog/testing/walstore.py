@@ -134,11 +134,10 @@ class WalStore:
             return None
         disk = self.disk
         files = [
-            f"{DATA_DIRECTORY}/{name}"
-            for name in disk.list_dir(DATA_DIRECTORY)
-            if name.endswith((".wal", ".snap"))
+            path
+            for path in disk.files(DATA_DIRECTORY)
+            if path.endswith((".wal", ".snap")) and disk.file_size(path) > 0
         ]
-        files = [path for path in files if disk.file_size(path) > 0]
         if not files:
             return None
         rng = disk.rng
