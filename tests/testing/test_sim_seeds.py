@@ -191,11 +191,19 @@ def test_simulator_catches_a_store_that_forgets_its_vote() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize(
-    ("nodes", "seeds", "events"), [(3, 600, 30_000), (5, 300, 30_000), (7, 100, 30_000)]
+    ("nodes", "seeds", "events", "store"),
+    [
+        (3, 600, 30_000, "memory"),
+        (5, 300, 30_000, "memory"),
+        (7, 100, 30_000, "memory"),
+        (3, 400, 30_000, "wal"),
+        (5, 200, 30_000, "wal"),
+    ],
 )
-def test_long_run(nodes: int, seeds: int, events: int) -> None:
-    config = SimConfig(nodes=nodes, events=events)
-    summary = run_seeds(range(100_000 * nodes, 100_000 * nodes + seeds), config)
+def test_long_run(nodes: int, seeds: int, events: int, store: str) -> None:
+    config = SimConfig(nodes=nodes, events=events, disk_faults=store == "wal")
+    first = 100_000 * nodes + (50_000 if store == "wal" else 0)
+    summary = run_seeds(range(first, first + seeds), config, store_factory=STORES[store])
     if summary.failures:
         pytest.fail(report(summary.failures[0], config), pytrace=False)
     outcomes = collections.Counter(summary.linearizability)
