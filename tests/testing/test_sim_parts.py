@@ -320,3 +320,13 @@ def test_liveness_probe_passes_on_a_healthy_cluster() -> None:
         action()
     assert probe.done
     assert probe.elapsed_ms < 2000
+
+
+def test_repair_reports_a_majority_that_stays_down() -> None:
+    cluster = wal_cluster(FaultPlan(), collections.Counter())
+    cluster.start()
+    for node_id in (1, 2):
+        cluster.crash(node_id)
+        cluster.nodes[node_id].refused = "damaged"
+    with pytest.raises(InvariantViolation, match=r"^liveness violated.*\[1, 2\]"):
+        cluster.repair()

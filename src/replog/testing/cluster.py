@@ -392,6 +392,10 @@ class Cluster:
             node.paused_until = 0
             if node.raft is None:
                 self.restart(node.node_id)
+        down = [n for n, node in self.nodes.items() if node.raft is None]
+        if 2 * len(down) >= len(self.nodes):
+            # Only damaged disks may keep a node down, and they are a minority by design.
+            raise InvariantViolation("liveness", f"a majority stays down after repair: {down}")
 
     def _boot(self, node: SimNode, state: PersistentState) -> None:
         rng = random.Random(self._boot_rng.getrandbits(64))
