@@ -224,7 +224,9 @@ class Cluster:
             for n in self.node_ids
         }
         self._stores = [node.store for node in self.nodes.values()]
-        self._disks = {n: s for n, s in self._by_id().items() if isinstance(s, FaultyDisk)}
+        self._disks = {
+            n: node.store for n, node in self.nodes.items() if isinstance(node.store, FaultyDisk)
+        }
         self.network = SimNetwork(
             self.node_ids,
             network_rng,
@@ -235,9 +237,6 @@ class Cluster:
         )
         self.network.set_links(link_params(plan, network_rng, self.node_ids))
         self.snapshots_taken = 0
-
-    def _by_id(self) -> dict[int, DurableStore]:
-        return {n: node.store for n, node in self.nodes.items()}
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -340,6 +339,14 @@ class Cluster:
         disk.inject_error(op, error, after)
         return True
 
+    def cut_power(self, node_id: int, op: DiskOp, after: int) -> bool:
+        disk = self._disks.get(node_id)
+        if disk is None:
+            return False
+        self.trace.record(f"n{node_id} DISK power will go out at {op.value} #{after + 1}")
+        disk.cut_power(op, after)
+        return True
+
     def flip_bit(self, node_id: int) -> bool:
         disk = self._disks.get(node_id)
         where = None if disk is None else disk.flip_random_bit()
@@ -351,14 +358,6 @@ class Cluster:
         disk = self._disks.get(node_id)
         if disk is not None:
             self.faults.update(disk.drain_counts())
-
-    def cut_power(self, node_id: int, op: DiskOp, after: int) -> bool:
-        disk = self._disks.get(node_id)
-        if disk is None:
-            return False
-        self.trace.record(f"n{node_id} DISK power will go out at {op.value} #{after + 1}")
-        disk.cut_power(op, after)
-        return True
 
     def _halt(self, node: SimNode, error: StorageFailed | PowerCut) -> None:
         """A write failed or the power went out: the node stops at once (nothing of the
