@@ -639,10 +639,7 @@ class RaftNode:
         if self._quorum.voters() <= {self.node_id} or self._lease_valid():
             self._answer_read(PendingRead(0, index, context, requester))
             return
-        seq = self._reads.add(index, context, requester)
-        if self.config.lease_reads:
-            self._seq_tick[seq] = self._ticks
-        self._broadcast_heartbeat(seq)
+        self._broadcast_heartbeat(self._stamp(self._reads.add(index, context, requester)))
 
     def _on_commit_in_term(self) -> None:
         waiting, self._reads_before_commit = self._reads_before_commit, []
@@ -663,7 +660,10 @@ class RaftNode:
 
     def _next_read_seq(self) -> int:
         """Every heartbeat round carries a fresh sequence number, so it can confirm reads."""
-        seq = self._reads.add_round()
+        return self._stamp(self._reads.add_round())
+
+    def _stamp(self, seq: int) -> int:
+        """Remember when heartbeat round ``seq`` left (leases are measured from it)."""
         if self.config.lease_reads:
             self._seq_tick[seq] = self._ticks
         return seq

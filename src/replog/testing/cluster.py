@@ -44,7 +44,7 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from replog.core import RaftConfig, RaftNode
 from replog.core.errors import ProposalError, ReplogError
@@ -86,6 +86,19 @@ class PendingRead:
     key: str
     request: Request
     index: int | None = None  # known once the node's read state arrives
+
+    @property
+    def open(self) -> bool:
+        return self.request.open
+
+
+class _Waiting(Protocol):
+    @property
+    def open(self) -> bool: ...
+
+
+_K = TypeVar("_K")
+_W = TypeVar("_W", bound=_Waiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,15 +429,10 @@ class Cluster:
 
     def propose(self, node_id: int, command: Command, request: Request) -> None:
         node = self.nodes[node_id]
-        if not request.open:
+        retry = functools.partial(self.propose, node_id, command, request)
+        if not self._accepts(node, request, retry):
             return
-        if node.raft is None:
-            request.finish("fail", None)  # connection refused: it never reached the log
-            return
-        if self._paused(node):
-            retry = functools.partial(self.propose, node_id, command, request)
-            self.queue.schedule(node.paused_until, retry)
-            return
+        assert node.raft is not None
         try:
             node.raft.propose(encode_command(command))
         except ProposalError:
@@ -435,38 +443,38 @@ class Cluster:
 
     def read(self, node_id: int, key: str, context: bytes, request: Request) -> None:
         node = self.nodes[node_id]
-        if not request.open:
+        retry = functools.partial(self.read, node_id, key, context, request)
+        if not self._accepts(node, request, retry):
             return
-        if node.raft is None:
-            request.finish("fail", None)
-            return
-        if self._paused(node):
-            retry = functools.partial(self.read, node_id, key, context, request)
-            self.queue.schedule(node.paused_until, retry)
-            return
+        assert node.raft is not None
         try:
             node.raft.read_index(context)
         except ProposalError:
             request.finish("fail", None)
             return
-        self._remember_read(node.reads, context, PendingRead(key, request))
+        self._remember(node.reads, context, PendingRead(key, request))
         self._after_input(node)
 
-    @staticmethod
-    def _remember(table: dict[str, Request], key: str, request: Request) -> None:
-        if len(table) >= REQUESTS_PER_NODE_MAX:
-            for closed in [k for k, r in table.items() if not r.open]:
-                del table[closed]
-            assert len(table) < REQUESTS_PER_NODE_MAX, "too many open requests on one node"
-        table[key] = request
+    def _accepts(self, node: SimNode, request: Request, retry: Callable[[], None]) -> bool:
+        """Whether ``node`` takes a client request now: a down node refuses it (it never
+        reached the log), a paused one takes it when it resumes."""
+        if not request.open:
+            return False
+        if node.raft is None:
+            request.finish("fail", None)  # connection refused
+            return False
+        if self._paused(node):
+            self.queue.schedule(node.paused_until, retry)
+            return False
+        return True
 
     @staticmethod
-    def _remember_read(table: dict[bytes, PendingRead], key: bytes, read: PendingRead) -> None:
+    def _remember(table: dict[_K, _W], key: _K, waiting: _W) -> None:
         if len(table) >= REQUESTS_PER_NODE_MAX:
-            for closed in [k for k, r in table.items() if not r.request.open]:
+            for closed in [k for k, w in table.items() if not w.open]:
                 del table[closed]
-            assert len(table) < REQUESTS_PER_NODE_MAX, "too many open reads on one node"
-        table[key] = read
+            assert len(table) < REQUESTS_PER_NODE_MAX, "too many open requests on one node"
+        table[key] = waiting
 
     # ---- inputs ------------------------------------------------------------------------------
 
