@@ -1,0 +1,30 @@
+"""The interface between the replicated log and the application's state.
+
+A ``StateMachine`` receives the committed commands of the log, in log order, each exactly once,
+on every node. It must be deterministic: its state and results may depend only on the commands
+it applied (no clocks, no randomness, no I/O), so that every node reaches the same state.
+``snapshot`` captures the state as bytes; ``restore`` replaces the state with such bytes (a node
+that installs a snapshot from the leader, or restarts from its own). Results of ``apply`` stay
+on the node that applied them: they reach the local client that proposed the command and are
+never sent over the network, so they may be any Python value.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StateMachine(Protocol):
+    def apply(self, command: bytes) -> object:
+        """Apply one committed command and return its result. A command the machine cannot
+        understand must be answered (for example with an error value), never raised on: the
+        log is the same everywhere, so an exception would stop every node alike."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes, covering every command applied so far."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a ``snapshot`` image."""
+        ...
