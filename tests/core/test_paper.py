@@ -974,6 +974,15 @@ def test_thesis_6_4_1_lease_reads_are_opt_in() -> None:
     assert c.queue == []
 
 
+def test_thesis_6_4_1_a_read_may_decline_the_lease() -> None:
+    c, leased = committed_cluster(b"a", lease_reads=True)
+    c.tick(1)
+    leased.read_index(b"r", lease=False)
+    # The caller asked for the full ReadIndex round even though the lease holds.
+    assert c.take(is_msg(Heartbeat)) != []
+    assert c.reads[1] == []
+
+
 def test_thesis_6_4_1_lease_expires_before_followers_may_vote_again() -> None:
     c, leader = committed_cluster(b"a", lease_reads=True)
     c.tick(1)  # the last heartbeat round anyone acknowledges is sent at tick 1

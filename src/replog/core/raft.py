@@ -137,7 +137,7 @@ class RaftNode:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._reads = PendingReads(config.max_pending_reads)
-        self._reads_before_commit: list[tuple[bytes, NodeId]] = []
+        self._reads_before_commit: list[tuple[bytes, NodeId, bool]] = []
         self._ack_tick: dict[NodeId, int] = {}
         self._seq_tick: dict[int, int] = {}
         self._lease_floor_tick = 0
@@ -618,33 +618,34 @@ class RaftNode:
         self._broadcast_pending = True
         return entry.index
 
-    def read_index(self, context: bytes) -> None:
+    def read_index(self, context: bytes, lease: bool = True) -> None:
         """Ask for a linearizable read. Its ``ReadState(context, index)`` arrives in a later
         Ready; serve the read once ``index`` is applied. It may never arrive if leadership is
-        lost: callers need a timeout."""
+        lost: callers need a timeout. ``lease=False`` asks for the heartbeat round even when
+        lease reads are configured (a lease read is only taken when both allow it)."""
         if self.role is Role.LEADER:
-            self._start_read(context, self.node_id)
+            self._start_read(context, self.node_id, lease)
         elif self.leader_id != NO_NODE:
             self._send(ReadIndexRequest(self.term, self.node_id, self.leader_id, context))
         else:
             raise NotLeader(NO_NODE)
 
-    def _start_read(self, context: bytes, requester: NodeId) -> None:
+    def _start_read(self, context: bytes, requester: NodeId, lease: bool = True) -> None:
         if self.log.term(self.log.commit_index) != self.term:
             # Until an entry of this term commits, our commit index may lag the real one.
             if len(self._reads_before_commit) < self.config.max_pending_reads:
-                self._reads_before_commit.append((context, requester))
+                self._reads_before_commit.append((context, requester, lease))
             return
         index = self.log.commit_index
-        if self._quorum.voters() <= {self.node_id} or self._lease_valid():
+        if self._quorum.voters() <= {self.node_id} or (lease and self._lease_valid()):
             self._answer_read(PendingRead(0, index, context, requester))
             return
         self._broadcast_heartbeat(self._stamp(self._reads.add(index, context, requester)))
 
     def _on_commit_in_term(self) -> None:
         waiting, self._reads_before_commit = self._reads_before_commit, []
-        for context, requester in waiting:
-            self._start_read(context, requester)
+        for context, requester, lease in waiting:
+            self._start_read(context, requester, lease)
 
     def _release_reads(self) -> None:
         for read in self._reads.release(self._quorum, self.node_id):
