@@ -1,0 +1,469 @@
+"""The replicated key-value store (etcd-like): a pure, deterministic ``StateMachine``.
+
+Theory of operation
+-------------------
+The store owns the key space, the store revision, the table of idempotent requests and the
+watch history. It changes only in ``apply``, from committed log commands, so every node that
+applies the same log reaches the same state and the same ``snapshot`` bytes.
+
+Invariants:
+
+* Keys are kept in a dict (key -> ``KeyValue``) and in a sorted list of the same keys, so a
+  point read is O(1) and a prefix range is O(log n + k) by bisection.
+* ``revision`` grows by exactly one per command that changes a key (a put always does; a
+  transaction whose executed branch writes is one revision; deleting a missing key is none).
+  For every key, 1 <= create_revision <= mod_revision <= revision and version >= 1.
+* The watch history holds the events of a suffix of revisions, in revision order (a
+  transaction's events share its revision). ``compact_revision`` is the oldest revision whose
+  events are all still held; events are dropped from the front when the history is over its
+  event or byte budget.
+* Time is ``now_ms``, the largest ``time_ms`` stamped on an applied request (never a clock).
+  An idempotency entry remembers (fingerprint of the operation, result); it expires
+  ``idempotency_ttl_ms`` after it was stored and is evicted oldest-first beyond the count and
+  byte bounds. The table is in insertion order, which is also stamp order.
+* Every command is checked whole (``check_request``) before anything changes, and executing a
+  checked command cannot fail, so a command is applied entirely or not at all.
+
+Reads (``get``, ``range``, ``events_since``) do not go through the log; the server calls them
+after its read barrier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from bisect import bisect_left, insort
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from replog.core.errors import ReplogError
+from replog.statemachines.commands import (
+    ApplyResult,
+    Compare,
+    Delete,
+    DeleteResult,
+    ErrorResult,
+    Event,
+    GetResult,
+    InvalidCommand,
+    KeyValue,
+    KVLimits,
+    Put,
+    PutResult,
+    Request,
+    Txn,
+    TxnOp,
+    TxnResult,
+    WriteOp,
+    WriteResult,
+    check_request,
+    decode_request,
+    encode_op,
+)
+
+_COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+
+
+IMAGE_FORMAT = 1
+FINGERPRINT_BYTES = 16
+_ENTRY_OVERHEAD_BYTES = 64  # a rough in-memory cost of one table entry beyond its bytes
+
+
+class Compacted(ReplogError):
+    """The requested revision is older than the oldest one the watch history still holds."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(
+            f"the watch history starts at revision {compact_revision}; older revisions "
+            "were compacted"
+        )
+        self.compact_revision = compact_revision
+
+
+class InvalidSnapshot(ValueError):
+    """A snapshot image that is not a well-formed image of a KV store."""
+
+
+class IdempotencyEntry(msgspec.Struct, frozen=True, array_like=True):
+    key: str
+    fingerprint: bytes  # of the operation's canonical bytes
+    stored_ms: int  # now_ms when the result was stored
+    result: WriteResult
+
+
+class KVImage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The snapshot image: everything the store holds, in a canonical order."""
+
+    format: int
+    revision: int
+    compact_revision: int
+    now_ms: int
+    kvs: list[KeyValue]  # in key order
+    idempotency: list[IdempotencyEntry]  # oldest first
+    history: list[Event]  # oldest first
+
+
+_image_encoder = msgspec.msgpack.Encoder()
+_image_decoder = msgspec.msgpack.Decoder(KVImage)
+
+
+class KVStore:
+    """A replicated key-value store; see the module docstring for its invariants."""
+
+    def __init__(self, limits: KVLimits | None = None) -> None:
+        self._limits = limits or KVLimits()
+        self._kvs: dict[bytes, KeyValue] = {}
+        self._keys: list[bytes] = []  # sorted; the same keys as _kvs
+        self._revision = 0
+        self._now_ms = 0
+        self._idempotency: OrderedDict[str, IdempotencyEntry] = OrderedDict()
+        self._idempotency_bytes = 0
+        self._history: list[Event] = []  # live events are _history[_history_start:]
+        self._history_start = 0
+        self._history_bytes = 0
+        self._compact_revision = 1
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def limits(self) -> KVLimits:
+        return self._limits
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self._compact_revision
+
+    @property
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    # --- StateMachine -------------------------------------------------------------------
+
+    def apply(self, command: bytes) -> ApplyResult:
+        """Apply one committed command. Never raises for bad bytes: answers ``ErrorResult``."""
+        try:
+            req = decode_request(command, self._limits)
+        except InvalidCommand as exc:
+            return ErrorResult(exc.code, str(exc))
+        return self._apply_checked(req)
+
+    def apply_request(self, req: Request) -> ApplyResult:
+        """``apply`` of an already decoded request (it is checked all the same)."""
+        try:
+            check_request(req, self._limits)
+        except InvalidCommand as exc:
+            return ErrorResult(exc.code, str(exc))
+        return self._apply_checked(req)
+
+    def snapshot(self) -> bytes:
+        image = KVImage(
+            format=IMAGE_FORMAT,
+            revision=self._revision,
+            compact_revision=self._compact_revision,
+            now_ms=self._now_ms,
+            kvs=[self._kvs[key] for key in self._keys],
+            idempotency=list(self._idempotency.values()),
+            history=self._history[self._history_start :],
+        )
+        return _image_encoder.encode(image)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot image; raises ``InvalidSnapshot`` (a ValueError)
+        on a malformed image and then leaves the current state untouched."""
+        image = decode_image(data)
+        self._kvs = {kv.key: kv for kv in image.kvs}
+        self._keys = [kv.key for kv in image.kvs]
+        self._revision = image.revision
+        self._compact_revision = image.compact_revision
+        self._now_ms = image.now_ms
+        self._idempotency = OrderedDict((e.key, e) for e in image.idempotency)
+        self._idempotency_bytes = sum(entry_cost_bytes(e) for e in image.idempotency)
+        self._history = list(image.history)
+        self._history_start = 0
+        self._history_bytes = sum(event_cost_bytes(e) for e in image.history)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> KeyValue | None:
+        return self._kvs.get(key)
+
+    def range(self, prefix: bytes = b"", limit: int = 1000) -> tuple[list[KeyValue], int, bool]:
+        """The keys that start with ``prefix`` in byte order, at most ``limit`` of them:
+        (kvs, count of all matching keys, whether kvs was cut by the limit)."""
+        if type(limit) is not int or not 0 <= limit <= self._limits.range_limit_max:
+            raise InvalidCommand(
+                f"limit must be an integer from 0 to {self._limits.range_limit_max}, not {limit!r}"
+            )
+        low, high = self._prefix_bounds(prefix)
+        count = high - low
+        kvs = [self._kvs[key] for key in self._keys[low : low + min(limit, count)]]
+        return kvs, count, count > limit
+
+    def events_since(
+        self,
+        start_revision: int,
+        *,
+        key: bytes | None = None,
+        prefix: bytes | None = None,
+        limit: int = 1000,
+    ) -> list[Event]:
+        """Events of revision >= ``start_revision``, oldest first, of ``key`` or under
+        ``prefix`` (or all). At most ``limit`` events, except that the events of one
+        revision are never split: a watcher resumes at the last event's revision + 1."""
+        if key is not None and prefix is not None:
+            raise ValueError("events_since takes a key or a prefix, not both")
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        if max(start_revision, 1) < self._compact_revision:
+            raise Compacted(self._compact_revision)
+        events = self._history
+        index = bisect_left(
+            events, start_revision, lo=self._history_start, key=lambda e: e.kv.mod_revision
+        )
+        found: list[Event] = []
+        for event in events[index:]:
+            if len(found) >= limit and event.kv.mod_revision != found[-1].kv.mod_revision:
+                break
+            if _matches(event.kv.key, key, prefix):
+                found.append(event)
+        return found
+
+    # --- applying -----------------------------------------------------------------------
+
+    def _apply_checked(self, req: Request) -> ApplyResult:
+        self._now_ms = max(self._now_ms, req.time_ms)
+        self._expire_idempotency()
+        if req.idempotency_key is None:
+            return self._execute(req.op)
+        fingerprint = hashlib.blake2b(encode_op(req.op), digest_size=16).digest()
+        known = self._idempotency.get(req.idempotency_key)
+        if known is not None:
+            if known.fingerprint == fingerprint:
+                return known.result
+            return ErrorResult(
+                "idempotency_key_reused",
+                f"the idempotency key {req.idempotency_key!r} was used for a different request",
+            )
+        result = self._execute(req.op)
+        self._remember(IdempotencyEntry(req.idempotency_key, fingerprint, self._now_ms, result))
+        return result
+
+    def _execute(self, op: WriteOp) -> WriteResult:
+        if isinstance(op, Put):
+            return self._put(op.key, op.value, self._revision + 1)
+        if isinstance(op, Delete):
+            return self._delete(op.key, self._revision + 1)
+        return self._txn(op)
+
+    def _put(self, key: bytes, value: bytes, revision: int) -> PutResult:
+        """Write ``key`` at ``revision``; the caller decides when the store revision moves."""
+        prev = self._kvs.get(key)
+        if prev is None:
+            kv = KeyValue(key, value, revision, revision, 1)
+            insort(self._keys, key)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
+        self._kvs[key] = kv
+        self._revision = max(self._revision, revision)
+        self._record(Event("put", kv))
+        return PutResult(revision, kv, prev)
+
+    def _delete(self, key: bytes, revision: int) -> DeleteResult:
+        prev = self._kvs.pop(key, None)
+        if prev is None:
+            return DeleteResult(self._revision, 0, None)
+        del self._keys[bisect_left(self._keys, key)]
+        self._revision = max(self._revision, revision)
+        self._record(Event("delete", KeyValue(key, b"", 0, revision, 0)))
+        return DeleteResult(revision, 1, prev)
+
+    def _txn(self, txn: Txn) -> TxnResult:
+        succeeded = all(self._compare_holds(cmp) for cmp in txn.compare)
+        ops = txn.success if succeeded else txn.failure
+        writes = any(
+            isinstance(op, Put) or (isinstance(op, Delete) and op.key in self._kvs) for op in ops
+        )
+        revision = self._revision + 1 if writes else self._revision
+        responses = tuple(self._txn_op(op, revision) for op in ops)
+        assert self._revision == revision, "a transaction moved the revision by more than one"
+        return TxnResult(revision, succeeded, responses)
+
+    def _txn_op(self, op: TxnOp, revision: int) -> PutResult | DeleteResult | GetResult:
+        if isinstance(op, Put):
+            return self._put(op.key, op.value, revision)
+        if isinstance(op, Delete):
+            result = self._delete(op.key, revision)
+            return result if result.deleted else DeleteResult(revision, 0, None)
+        return GetResult(self._kvs.get(op.key))
+
+    def _compare_holds(self, cmp: Compare) -> bool:
+        kv = self._kvs.get(cmp.key)
+        if cmp.target == "value":
+            if kv is None:
+                return False  # every value compare against a missing key is false
+            actual: bytes | int = kv.value
+        elif kv is None:
+            actual = 0
+        else:
+            actual = getattr(kv, cmp.target)
+        compare = _COMPARE_OPS[cmp.op]
+        return bool(compare(actual, cmp.value))
+
+    # --- bounded tables -----------------------------------------------------------------
+
+    def _record(self, event: Event) -> None:
+        self._history.append(event)
+        self._history_bytes += event_cost_bytes(event)
+        limits = self._limits
+        while (
+            len(self._history) - self._history_start > limits.history_events_max
+            or self._history_bytes > limits.history_bytes_max
+        ) and self._history_start < len(self._history):
+            dropped = self._history[self._history_start]
+            self._history_start += 1
+            self._history_bytes -= event_cost_bytes(dropped)
+            self._compact_revision = dropped.kv.mod_revision + 1
+        if self._history_start > limits.history_events_max:
+            del self._history[: self._history_start]  # amortized O(1) per event
+            self._history_start = 0
+
+    def _remember(self, entry: IdempotencyEntry) -> None:
+        self._idempotency[entry.key] = entry
+        self._idempotency_bytes += entry_cost_bytes(entry)
+        limits = self._limits
+        while len(self._idempotency) > 1 and (
+            len(self._idempotency) > limits.idempotency_keys_max
+            or self._idempotency_bytes > limits.idempotency_bytes_max
+        ):
+            _, oldest = self._idempotency.popitem(last=False)
+            self._idempotency_bytes -= entry_cost_bytes(oldest)
+
+    def _expire_idempotency(self) -> None:
+        deadline_ms = self._now_ms - self._limits.idempotency_ttl_ms
+        while self._idempotency:
+            oldest = next(iter(self._idempotency.values()))
+            if oldest.stored_ms > deadline_ms:
+                return
+            self._idempotency.popitem(last=False)
+            self._idempotency_bytes -= entry_cost_bytes(oldest)
+
+    def _prefix_bounds(self, prefix: bytes) -> tuple[int, int]:
+        low = bisect_left(self._keys, prefix)
+        end = prefix_end(prefix)
+        high = len(self._keys) if end is None else bisect_left(self._keys, end, lo=low)
+        return low, high
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key that starts with ``prefix``; None if there is
+    no such key (an empty prefix, or one made only of 0xff bytes)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _matches(event_key: bytes, key: bytes | None, prefix: bytes | None) -> bool:
+    if key is not None:
+        return event_key == key
+    if prefix is not None:
+        return event_key.startswith(prefix)
+    return True
+
+
+def _kv_cost_bytes(kv: KeyValue | None) -> int:
+    return 0 if kv is None else len(kv.key) + len(kv.value) + _ENTRY_OVERHEAD_BYTES
+
+
+def event_cost_bytes(event: Event) -> int:
+    return _kv_cost_bytes(event.kv)
+
+
+def entry_cost_bytes(entry: IdempotencyEntry) -> int:
+    result = entry.result
+    if isinstance(result, TxnResult):
+        kvs = [kv for r in result.responses for kv in _result_kvs(r)]
+    else:
+        kvs = _result_kvs(result)
+    return len(entry.key) + _ENTRY_OVERHEAD_BYTES + sum(_kv_cost_bytes(kv) for kv in kvs)
+
+
+def _result_kvs(result: PutResult | DeleteResult | GetResult) -> list[KeyValue | None]:
+    if isinstance(result, PutResult):
+        return [result.kv, result.prev_kv]
+    if isinstance(result, DeleteResult):
+        return [result.prev_kv]
+    return [result.kv]
+
+
+def decode_image(data: bytes) -> KVImage:
+    """The image in ``data``, checked for internal consistency; raises ``InvalidSnapshot``."""
+    try:
+        image = _image_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidSnapshot(f"malformed KV snapshot image: {exc}") from None
+    problem = _image_problem(image)
+    if problem is not None:
+        raise InvalidSnapshot(f"inconsistent KV snapshot image: {problem}")
+    return image
+
+
+def _image_problem(image: KVImage) -> str | None:
+    if image.format != IMAGE_FORMAT:
+        return f"format {image.format}, expected {IMAGE_FORMAT}"
+    if image.revision < 0 or image.now_ms < 0:
+        return "negative revision or now_ms"
+    if not 1 <= image.compact_revision <= image.revision + 1:
+        return f"compact_revision {image.compact_revision} outside [1, revision + 1]"
+    return _kvs_problem(image) or _idempotency_problem(image) or _history_problem(image)
+
+
+def _kvs_problem(image: KVImage) -> str | None:
+    previous = b""
+    for kv in image.kvs:
+        if not kv.key or kv.key <= previous:
+            return f"key {kv.key!r} is empty or out of order"
+        if not 1 <= kv.create_revision <= kv.mod_revision <= image.revision or kv.version < 1:
+            return f"key {kv.key!r} has inconsistent revisions or version"
+        previous = kv.key
+    return None
+
+
+def _idempotency_problem(image: KVImage) -> str | None:
+    seen: set[str] = set()
+    stored_ms = 0
+    for entry in image.idempotency:
+        if entry.key in seen or len(entry.fingerprint) != FINGERPRINT_BYTES:
+            return f"idempotency entry {entry.key!r} is repeated or has a bad fingerprint"
+        if not stored_ms <= entry.stored_ms <= image.now_ms:
+            return f"idempotency entry {entry.key!r} is out of time order"
+        seen.add(entry.key)
+        stored_ms = entry.stored_ms
+    return None
+
+
+def _history_problem(image: KVImage) -> str | None:
+    revision = image.compact_revision
+    for event in image.history:
+        kv = event.kv
+        if not revision <= kv.mod_revision <= image.revision:
+            return f"history event at revision {kv.mod_revision} is out of order"
+        if event.type not in ("put", "delete") or not kv.key:
+            return f"history event at revision {kv.mod_revision} is malformed"
+        revision = kv.mod_revision
+    return None
