@@ -1,0 +1,194 @@
+"""Node: the runtime that drives the core with real storage and TCP, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from replog.server.node import Node, NodeOptions, NodeStopped, Unavailable, UnknownOutcome
+from replog.testing.processes import free_ports
+
+FAST = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, request_timeout_ms=3000)
+
+
+class Register:
+    """A tiny deterministic state machine: appends commands, returns the count."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def apply(self, command: bytes) -> object:
+        self.items.append(command)
+        return len(self.items)
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(self.items)
+
+    def restore(self, data: bytes) -> None:
+        self.items = data.split(b"\n") if data else []
+
+
+def make_nodes(tmp: Path, count: int, options: NodeOptions = FAST) -> list[Node]:
+    ports = free_ports(count)
+    peers = {f"n{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
+    return [
+        Node(Register(), name=name, data_dir=str(tmp / name), peers=peers, options=options)
+        for name in peers
+    ]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    nodes = make_nodes(tmp_path, 3)
+    for node in nodes:
+        await node.start()
+    yield nodes
+    for node in nodes:
+        if not node.stopped:
+            await node.stop(transfer=False)
+
+
+async def leader_of(nodes: list[Node], timeout_s: float = 5.0) -> Node:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            leaders = [n for n in nodes if not n.stopped and n.is_leader]
+            if len(leaders) == 1:
+                return leaders[0]
+            await asyncio.sleep(0.01)
+
+
+def machine(node: Node) -> Register:
+    assert isinstance(node.machine, Register)
+    return node.machine
+
+
+async def test_a_write_through_any_node_applies_everywhere(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    assert await leader.propose(b"a") == 1
+    assert await follower.propose(b"b") == 2  # forwarded to the leader through the core
+    for node in cluster:
+        assert await node.wait_applied(lambda node=node: len(machine(node).items) == 2, 3)
+        assert machine(node).items == [b"a", b"b"]
+
+
+async def test_read_barrier_on_a_follower_sees_acknowledged_writes(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    for i in range(20):
+        await leader.propose(str(i).encode())
+        index = await follower.read_barrier()
+        assert index >= 20 - 19 + i
+        assert machine(follower).items[-1] == str(i).encode()
+
+
+async def test_concurrent_proposals_are_batched_and_all_answered(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    results = await asyncio.gather(*(leader.propose(b"x%d" % i) for i in range(300)))
+    assert sorted(results) == list(range(1, 301))  # type: ignore[type-var]
+
+
+async def test_writes_resume_on_a_new_leader(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    await leader.propose(b"before")
+    await leader.stop(transfer=False)
+    rest = [n for n in cluster if n is not leader]
+    new_leader = await leader_of(rest)
+    assert await new_leader.propose(b"after") == 2
+    with pytest.raises(NodeStopped):
+        await leader.propose(b"stopped")
+
+
+async def test_graceful_stop_hands_leadership_over(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    await leader.propose(b"a")
+    await leader.stop()  # transfers first
+    rest = [n for n in cluster if n is not leader]
+    assert any(n.is_leader for n in rest)
+
+
+async def test_no_quorum_means_unavailable_or_unknown(tmp_path: Path) -> None:
+    options = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150)
+    nodes = make_nodes(tmp_path, 3, options)
+    await nodes[0].start()  # alone: no leader can be elected
+    try:
+        with pytest.raises(Unavailable):
+            await nodes[0].propose(b"x", timeout_s=0.5)
+        with pytest.raises(Unavailable):
+            await nodes[0].read_barrier(timeout_s=0.5)
+    finally:
+        await nodes[0].stop()
+
+
+async def test_a_leader_cut_off_gives_unknown_outcome(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    for node in cluster:
+        if node is not leader:
+            await node.stop(transfer=False)
+    with pytest.raises((UnknownOutcome, Unavailable)):
+        await leader.propose(b"lost?", timeout_s=0.5)
+
+
+async def test_restart_recovers_state_and_catches_up(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 3)
+    for node in nodes:
+        await node.start()
+    leader = await leader_of(nodes)
+    for i in range(10):
+        await leader.propose(b"%d" % i)
+    victim = next(n for n in nodes if n is not leader)
+    await victim.stop(transfer=False)
+    for i in range(10, 15):
+        await leader.propose(b"%d" % i)
+    peers = {n.name: f"127.0.0.1:{n._addresses[n.node_id][1]}" for n in nodes}
+    again = Node(
+        Register(),
+        name=victim.name,
+        data_dir=str(tmp_path / victim.name),
+        peers=peers,
+        options=FAST,
+    )
+    await again.start()
+    try:
+        assert await again.wait_applied(lambda: len(machine(again).items) == 15, 5)
+        assert machine(again).items == [b"%d" % i for i in range(15)]
+    finally:
+        await again.stop(transfer=False)
+        for node in nodes:
+            if not node.stopped:
+                await node.stop(transfer=False)
+
+
+async def test_snapshots_bound_the_log_and_restore_on_restart(tmp_path: Path) -> None:
+    options = NodeOptions(
+        tick_ms=5,
+        heartbeat_ms=20,
+        election_timeout_ms=150,
+        snapshot_entries=50,
+        snapshot_keep_entries=10,
+    )
+    nodes = make_nodes(tmp_path, 1, options)
+    node = nodes[0]
+    await node.start()
+    await leader_of(nodes)
+    for i in range(200):
+        await node.propose(b"%d" % i)
+    status = node.status()
+    assert status.snapshot_index >= 150
+    await node.stop()
+    again = Node(
+        Register(),
+        name="n1",
+        data_dir=str(tmp_path / "n1"),
+        peers={"n1": f"127.0.0.1:{node._listen_peer[1]}"},
+        options=options,
+    )
+    await again.start()
+    try:
+        await again.read_barrier()
+        assert machine(again).items == [b"%d" % i for i in range(200)]
+    finally:
+        await again.stop()
