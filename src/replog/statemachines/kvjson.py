@@ -36,6 +36,7 @@ from replog.statemachines.commands import (
 )
 
 JSONObject = dict[str, Any]
+_MISSING: Any = object()  # a field that is absent (JSON null is None)
 
 _TXN_FIELDS = ("compare", "success", "failure")
 _COMPARE_FIELDS = frozenset({"key", "key_base64", "target", "op", "value", "value_base64"})
@@ -166,15 +167,15 @@ def _check_lengths(lists: dict[str, list[object]], limits: KVLimits) -> None:
 def _compare_from_json(item: object, where: str) -> Compare:
     body = _object(item, where, _COMPARE_FIELDS)
     key = bytes_from_json(body, "key", where)
-    target = _choice(body.get("target"), f"{where}.target", COMPARE_TARGETS)
-    op = _choice(body.get("op"), f"{where}.op", COMPARE_OPS)
+    target = _choice(body.get("target", _MISSING), f"{where}.target", COMPARE_TARGETS)
+    op = _choice(body.get("op", _MISSING), f"{where}.op", COMPARE_OPS)
     value: bytes | int
     if target == "value":
         value = bytes_from_json(body, "value", where)
     else:
         if "value_base64" in body:
             raise InvalidCommand(f"{where}: value_base64 is only for target 'value'")
-        raw = body.get("value")
+        raw = body.get("value", _MISSING)
         if type(raw) is not int:
             raise InvalidCommand(
                 f"{where}.value must be an integer for target {target!r}, not {_kind(raw)}"
@@ -218,13 +219,15 @@ def _list(obj: object, where: str) -> list[object]:
 
 def _choice(value: object, where: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        shown = "missing" if value is None else repr(value)
+        shown = "missing" if value is _MISSING else repr(value)
         raise InvalidCommand(f"{where} must be one of {', '.join(allowed)}, not {shown}")
     return value
 
 
 def _kind(value: object) -> str:
     """The JSON name of a value's type, for error messages."""
+    if value is _MISSING:
+        return "missing"
     if value is None:
         return "null"
     if isinstance(value, bool):
