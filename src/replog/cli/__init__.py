@@ -7,6 +7,7 @@ import click
 from replog import __version__
 from replog.cli.check import check
 from replog.cli.data import data
+from replog.cli.dev import dev
 from replog.cli.serve import serve
 from replog.cli.sim import sim
 
@@ -24,3 +25,4 @@ main.add_command(sim)
 main.add_command(check)
 main.add_command(data)
 main.add_command(serve)
+main.add_command(dev)

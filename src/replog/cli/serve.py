@@ -132,7 +132,9 @@ def serve(config_file: str | None, check_config: bool, output: str, **flags: obj
         return
     try:
         from replog.server import app
-    except ImportError as error:
+    except ModuleNotFoundError as error:
+        if error.name != "replog.server.app":
+            raise  # the runtime is there but broken: show the traceback
         click.echo(f"error: the server runtime is not available: {error}", err=True)
         raise click.exceptions.Exit(EXIT_NO_RUNTIME) from error
     sys.exit(app.run(resolved.config))
