@@ -273,6 +273,12 @@ class Attempts:
         remaining_s = max(0.0, self._deadline - self._clock())
         return Retry(min(remaining_s, backoff_s * self._rng.uniform(0.5, 1.0)))
 
+    @property
+    def last_error(self) -> ReplogClientError:
+        """The error of the latest failed attempt (there must have been one)."""
+        assert self._last_error is not None, "asked after a failed attempt only"
+        return self._last_error
+
     def give_up(self) -> ReplogClientError:
         last = self._last_error
         assert last is not None, "give_up follows at least one failed attempt"

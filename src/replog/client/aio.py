@@ -270,10 +270,10 @@ class AsyncClient:
             status, body = await self._exchange(endpoint, call.request, self.timeout_s)
         except TransportFailure as failure:
             attempts.on_failure(endpoint, failure)
-            raise attempts.give_up() from None
+            raise attempts.last_error from None
         outcome = settle(call, attempts, endpoint, status, body)
         if isinstance(outcome, Retry):
-            raise attempts.give_up()
+            raise attempts.last_error
         return outcome
 
 
