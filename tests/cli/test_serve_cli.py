@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
 import json
+import re
+import shlex
 import sys
 import tomllib
 import types
@@ -122,3 +125,52 @@ def test_serve_without_a_runtime_says_so(monkeypatch: pytest.MonkeyPatch) -> Non
     result = run("--name", "n1")
     assert result.exit_code == 1
     assert "the server runtime is not available" in result.stderr
+
+
+# ---- the examples in docs/deployment.md and deploy/replog.service stay valid ------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC, re.S)
+
+
+def test_doc_toml_example(tmp_path: Path) -> None:
+    (text,) = doc_blocks("toml")
+    path = tmp_path / "replog.toml"
+    path.write_text(text, encoding="utf-8")
+    result = run("--config", str(path), "--data-dir", str(tmp_path / "n1"), "--check-config")
+    assert result.exit_code == 0, result.output
+    assert 'n3 = "10.0.0.3:14400"' in result.stdout
+
+
+def test_doc_command_line_env_and_container_examples(tmp_path: Path) -> None:
+    command = next(b for b in doc_blocks("sh") if b.startswith("replog serve --name n1"))
+    args = shlex.split(command.replace("\\\n", " "))[2:]
+    result = run(*args, "--data-dir", str(tmp_path / "a"), "--check-config")
+    assert result.exit_code == 0, result.output
+    env_block = next(b for b in doc_blocks("sh") if b.startswith("REPLOG_NAME=n1"))
+    env = dict(line.split("=", 1) for line in env_block.splitlines())
+    env["REPLOG_DATA_DIR"] = str(tmp_path / "b")
+    assert run("--check-config", env=env).exit_code == 0
+    docker = next(b for b in doc_blocks("sh") if b.startswith("docker run"))
+    words = shlex.split(docker.replace("\\\n", " "))
+    env = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-e")
+    env["REPLOG_DATA_DIR"] = str(tmp_path / "c")
+    result = run("--check-config", "--output", "json", env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["advertise_peer"] == "10.0.0.1:14400"
+
+
+def test_systemd_unit() -> None:
+    unit = configparser.ConfigParser(strict=True, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "deploy" / "replog.service", encoding="utf-8")
+    service = unit["Service"]
+    assert service["Type"] == "simple" and service["Restart"] == "on-failure"
+    assert service["User"] == "replog" and service["StateDirectory"] == "replog"
+    assert service["KillSignal"] == "SIGTERM" and service["TimeoutStopSec"]
+    assert service["ExecStart"].endswith("serve --config /etc/replog/replog.toml")
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
