@@ -470,3 +470,50 @@ def test_bad_arguments_are_refused() -> None:
         make(peers={-1: (LOCALHOST, 1)})
     with pytest.raises(RuntimeError, match="not started"):
         _ = make().listen_address
+
+
+async def test_pings_repeat_while_connected(
+    make_node: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcp_module, "PING_INTERVAL_S", 0.01)
+    a, b = await make_node(1), await make_node(2)
+    samples: list[float] = []
+    a.transport.on_rtt = lambda peer, rtt_s: samples.append(rtt_s)
+    await connect_all([a, b])
+    await until(lambda: len(samples) >= 5)
+    assert all(s > 0 for s in samples)
+
+
+async def test_every_socket_has_nodelay(make_node: Factory) -> None:
+    a, b = await make_node(1), await make_node(2)
+    await connect_all([a, b])
+    assert a.transport.send(heartbeat(1, 2, 1)) and b.transport.send(heartbeat(2, 1, 1))
+    await until(lambda: len(a.received) == len(b.received) == 1)
+    protocols = [*a.transport._protocols, *b.transport._protocols]
+    assert len(protocols) == 4  # one outbound and one inbound on each side
+    for protocol in protocols:
+        assert protocol.transport is not None
+        sock = protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_a_failing_on_message_closes_only_that_connection(
+    make_node: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = await make_node(2)
+    failing = True
+
+    def on_message(m: Message) -> None:
+        if failing:
+            raise RuntimeError("handler bug")
+        b.received.append(m)
+
+    b.transport.on_message = on_message
+    a = await make_node(1, {2: b.address})
+    with caplog.at_level(logging.WARNING, logger="replog.transport"):
+        assert a.transport.send(heartbeat(1, 2, 1))
+        await until(lambda: "on_message failed" in caplog.text)
+    failing = False
+    await until(lambda: a.transport.stats()[2].reconnects >= 1)
+    assert a.transport.send(heartbeat(1, 2, 2))
+    await until(lambda: b.read_seqs(1) == [2])

@@ -118,7 +118,7 @@ class _Link:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.protocol: _OutboundProtocol | None = None
-        self.removed = False
+        self.ping_timer: asyncio.TimerHandle | None = None
         self.ping_due = False
         self.ping_seq = 0
         self.pings_sent_ns: dict[int, int] = {}
@@ -355,11 +355,10 @@ class _InboundProtocol(_Protocol):
         except CodecError as error:
             self._protocol_error(str(error))
             return
-        if type(frame) is Ping:
+        if isinstance(frame, Ping):
             self._answer(frame)
         else:
-            assert not isinstance(frame, Ping)
-            self._owner._deliver(self.hello, frame)
+            self._owner._deliver(self.hello, frame, self)
 
     def _answer(self, ping: Ping) -> None:
         assert self.transport is not None
@@ -453,10 +452,10 @@ class PeerTransport:
         """Bind the listener and start dialing the peers."""
         if self._started:
             raise RuntimeError("the transport was already started")
-        self._started = True
         loop = asyncio.get_running_loop()
         host, port = self._listen
         self._server = await loop.create_server(lambda: _InboundProtocol(self), host, port)
+        self._started = True
         bound = self._server.sockets[0].getsockname()
         self._listen_address = (str(bound[0]), int(bound[1]))
         for link in self._links.values():
@@ -510,7 +509,6 @@ class PeerTransport:
         wanted.pop(self.node_id, None)
         for peer_id in [p for p in self._links if p not in wanted]:
             removed = self._links.pop(peer_id)
-            removed.removed = True
             if removed.task is not None:
                 removed.task.cancel()
         for peer_id, address in wanted.items():
@@ -574,7 +572,7 @@ class PeerTransport:
                 _, protocol = await loop.create_connection(
                     lambda: _OutboundProtocol(self, link), host, port
                 )
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, ValueError) as error:  # ValueError: a malformed host
             logger.debug("cannot reach peer %d at %s:%d: %r", link.peer_id, host, port, error)
             return None
         if link.address != address:  # re-addressed while dialing
@@ -583,6 +581,7 @@ class PeerTransport:
         link.protocol = protocol
         link.healthy = False
         link.connections += 1
+        link.pings_sent_ns.clear()
         link.ping_due = True  # the first pong confirms the handshake and gives a first rtt
         hello = Hello(MAGIC, WIRE_VERSION, self.cluster_id, self.node_id, link.peer_id)
         body = encode_control(hello)
@@ -593,7 +592,7 @@ class PeerTransport:
     async def _pump(self, link: _Link, protocol: _OutboundProtocol) -> None:
         """Write batches until the connection breaks. Pings are due every PING_INTERVAL_S."""
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(PING_INTERVAL_S, self._ping_due, link)
+        link.ping_timer = loop.call_later(PING_INTERVAL_S, self._ping_due, link, protocol)
         transport = protocol.transport
         assert transport is not None
         try:
@@ -611,14 +610,17 @@ class PeerTransport:
                     return
                 link.sent_messages += count
         finally:
-            timer.cancel()
+            if link.ping_timer is not None:
+                link.ping_timer.cancel()
+                link.ping_timer = None
 
-    def _ping_due(self, link: _Link) -> None:
+    def _ping_due(self, link: _Link, protocol: _OutboundProtocol) -> None:
+        if link.protocol is not protocol or protocol.closing:
+            return
         link.ping_due = True
         link.wakeup.set()
-        protocol = link.protocol
-        if protocol is not None and not protocol.closing:
-            asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._ping_due, link)
+        loop = asyncio.get_running_loop()
+        link.ping_timer = loop.call_later(PING_INTERVAL_S, self._ping_due, link, protocol)
 
     def _take_batch(self, link: _Link) -> tuple[bytearray, int]:
         """Encode queued messages (and a due ping) into frames; returns (bytes, messages)."""
@@ -698,12 +700,16 @@ class PeerTransport:
                 logger.info("peer %d redialed; closing its older connection", sender)
                 other.abort()
 
-    def _deliver(self, hello: Hello, m: Message) -> None:
+    def _deliver(self, hello: Hello, m: Message, protocol: _InboundProtocol) -> None:
         if m.receiver != self.node_id or m.sender != hello.sender:
             self.misaddressed_drops += 1
             logger.debug("dropping %s from %d to %d", type(m).__name__, m.sender, m.receiver)
             return
-        self.on_message(m)
+        try:
+            self.on_message(m)
+        except Exception:
+            logger.exception("on_message failed on a %s; closing the connection", type(m).__name__)
+            protocol.abort()
 
 
 def _check_arguments(**values: Any) -> None:
