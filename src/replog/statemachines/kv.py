@@ -13,10 +13,9 @@ Invariants:
 * ``revision`` grows by exactly one per command that changes a key (a put always does; a
   transaction whose executed branch writes is one revision; deleting a missing key is none).
   For every key, 1 <= create_revision <= mod_revision <= revision and version >= 1.
-* The watch history holds the events of a suffix of revisions, in revision order (a
-  transaction's events share its revision). ``compact_revision`` is the oldest revision whose
-  events are all still held; events are dropped from the front when the history is over its
-  event or byte budget.
+* The watch history holds every event of the revisions compact_revision..revision, in
+  revision order (a transaction's events share its revision), and nothing older. When it is
+  over its event or byte budget, the oldest revision's events are dropped, all of them.
 * Time is ``now_ms``, the largest ``time_ms`` stamped on an applied request (never a clock).
   An idempotency entry remembers (fingerprint of the operation, result); it expires
   ``idempotency_ttl_ms`` after it was stored and is evicted oldest-first beyond the count and
@@ -333,14 +332,23 @@ class KVStore:
         while (
             len(self._history) - self._history_start > limits.history_events_max
             or self._history_bytes > limits.history_bytes_max
-        ) and self._history_start < len(self._history):
-            dropped = self._history[self._history_start]
-            self._history_start += 1
-            self._history_bytes -= event_cost_bytes(dropped)
-            self._compact_revision = dropped.kv.mod_revision + 1
+        ):
+            self._drop_oldest_revision()
         if self._history_start > limits.history_events_max:
             del self._history[: self._history_start]  # amortized O(1) per event
             self._history_start = 0
+
+    def _drop_oldest_revision(self) -> None:
+        """Drop every event of the oldest revision in the history (a revision is held whole
+        or not at all)."""
+        revision = self._history[self._history_start].kv.mod_revision
+        while (
+            self._history_start < len(self._history)
+            and self._history[self._history_start].kv.mod_revision == revision
+        ):
+            self._history_bytes -= event_cost_bytes(self._history[self._history_start])
+            self._history_start += 1
+        self._compact_revision = revision + 1
 
     def _remember(self, entry: IdempotencyEntry) -> None:
         self._idempotency[entry.key] = entry
