@@ -72,6 +72,7 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("[0:0::1]:1", "peer", "::1", 1),
         ("compose_node_1:65535", "peer", "compose_node_1", 65535),
         (" localhost:1 ", "client", "localhost", 1),
+        ("DB-1.Example.COM:5", "peer", "db-1.example.com", 5),
     ],
 )
 def test_parse_address_accepts(text: str, what: str, host: str, port: int) -> None:
@@ -315,6 +316,7 @@ def test_initial_cluster_size_is_bounded() -> None:
         ),
         ({"key_bytes_max": "-1"}, "key_bytes_max (flag --key-bytes-max): -1 is too small"),
         ({"snapshot_entries": "0"}, "0 is too small (at least 1)"),
+        ({"snapshot_entries": "1__0"}, "expected an integer, got a string '1__0'"),
         ({"request_bytes_max": str(1 << 30)}, "is too large"),
         ({"listen_peer": "127.0.0.1:14300"}, "use the same address"),
         (
@@ -339,6 +341,12 @@ def test_wildcard_peer_needs_an_advertised_address() -> None:
         "0.0.0.0: set --advertise-peer / REPLOG_ADVERTISE_PEER to the address others reach "
         "this node at"
     ]
+
+
+def test_numbers_may_group_digits() -> None:
+    assert (
+        load_config({"name": "n1", "snapshot_entries": "1_000"}, {}, None).snapshot_entries == 1000
+    )
 
 
 def test_lease_with_small_drift_is_fine() -> None:

@@ -195,7 +195,7 @@ def _check_host(host: str, text: str) -> str:
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     if len(host) > 253 or not all(len(x) <= 63 and _LABEL_RE.fullmatch(x) for x in labels):
         raise ValueError(f"bad host {host!r} in {text!r}: not an IP address or host name")
-    return host
+    return host.lower()  # DNS names are case-insensitive: one spelling compares equal
 
 
 def _is_ipv6(host: str) -> bool:
@@ -356,7 +356,7 @@ def _text(value: object) -> str:
 
 
 def _convert_int(field: str, value: object) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9][0-9_]*\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+(_[0-9]+)*\s*", value):
         number = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value

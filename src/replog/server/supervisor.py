@@ -217,6 +217,11 @@ class Supervisor:
             self._children.append(_Child(node, process))
 
     @property
+    def exit_codes(self) -> dict[str, int | None]:
+        """Each started node's exit code (negative: killed by that signal), None if running."""
+        return {c.node.name: c.exit_code for c in self._children}
+
+    @property
     def alive(self) -> list[_Child]:
         return [c for c in self._children if c.exit_code is None]
 
