@@ -107,7 +107,7 @@ def test_every_message_round_trips_to_an_equal_value_of_the_same_types(m: Messag
 
 
 def test_all_message_types_have_distinct_tags() -> None:
-    seen = {}
+    seen: dict[int, type] = {}
     for cls in MESSAGE_TYPES:
         m = _example(cls)
         tag = msgspec.msgpack.decode(encode_message(m))[0]

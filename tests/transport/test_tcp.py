@@ -215,7 +215,7 @@ async def test_peers_can_be_added_removed_and_readdressed(make_node: Factory) ->
     assert a.transport.send(heartbeat(1, 2, 3))
     await until(lambda: b2.read_seqs(1) == [3])
     with pytest.raises(ValueError, match="address"):
-        a.transport.set_peers({2: ("host",)})  # type: ignore[dict-item]
+        a.transport.set_peers({2: ("host",)})
 
 
 async def test_oversized_messages_are_refused_by_the_sender(make_node: Factory) -> None:
@@ -273,7 +273,7 @@ def frame(body: bytes) -> bytes:
 
 
 def hello(**fields: Any) -> bytes:
-    values = {
+    values: dict[str, Any] = {
         "magic": MAGIC,
         "version": WIRE_VERSION,
         "cluster_id": CLUSTER,
