@@ -31,6 +31,7 @@ from replog.server.supervisor import (
     newest_leader,
     plan_cluster,
     ports_in_use,
+    rotate_log,
     serve_args,
     serve_argv,
     tail_lines,
@@ -271,6 +272,16 @@ def test_leader_changes_are_printed(tmp_path: Path, status_server: ThreadingHTTP
     assert out.lines[:2] == ["waiting for a leader ...", "leader: n1 (term 7)"]
     log = Path(cluster[0].log_path).read_text()
     assert log.startswith("=== ") and "replog dev starts n1" in log
+
+
+def test_logs_are_rotated_at_start(tmp_path: Path) -> None:
+    log = tmp_path / "n1.log"
+    rotate_log(str(log), 10)  # no log yet: nothing to do
+    log.write_text("old run\n" * 2)
+    rotate_log(str(log), 100)
+    assert log.exists()
+    rotate_log(str(log), 10)
+    assert not log.exists() and (tmp_path / "n1.log.1").read_text().startswith("old run")
 
 
 def test_tail_lines(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Theory of operation. ``plan_cluster`` lays out the nodes: node i (1-based) is ``n<i>``, with
 client port ``base + i - 1``, peer port ``base + 100 + i - 1``, data in ``<dir>/n<i>`` and its
-output in ``<dir>/n<i>.log``. The plan is a pure function of (nodes, dir, base port), so a
-second run with the same arguments starts the same nodes on the same directories: the children
-reopen their data and the cluster resumes.
+output in ``<dir>/n<i>.log`` (moved to ``n<i>.log.1`` at start once over 16 MiB). The plan
+is a pure function of (nodes, dir, base port), so a second run with the same arguments starts
+the same nodes on the same directories: the children reopen their data and the cluster
+resumes.
 
 ``Supervisor`` owns the children, and only them: it starts each one in its own process group
 (a Ctrl-C in the terminal reaches the supervisor alone), and on Linux asks the kernel to send
@@ -46,6 +47,7 @@ PEER_PORT_OFFSET = 100
 DEFAULT_BASE_PORT = 14300
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 64 << 10
+LOG_ROTATE_BYTES = 16 << 20  # at start, a bigger log moves to <log>.1 (one old log is kept)
 STATUS_BYTES_MAX = 1 << 20
 _PR_SET_PDEATHSIG = 1
 
@@ -207,6 +209,7 @@ class Supervisor:
         for node in self.cluster:
             os.makedirs(os.path.dirname(node.log_path) or ".", exist_ok=True)
             argv = self.argv_for(node, self.cluster)
+            rotate_log(node.log_path, LOG_ROTATE_BYTES)
             with open(node.log_path, "ab") as log:
                 stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
                 log.write(
@@ -306,6 +309,15 @@ class Supervisor:
         else:
             self.out("leader: none known (election in progress?)")
         self._leader = leader
+
+
+def rotate_log(path: str, limit_bytes: int) -> None:
+    """Bounds a node's log across runs: over ``limit_bytes`` it replaces ``<path>.1``."""
+    try:
+        if os.path.getsize(path) > limit_bytes:
+            os.replace(path, path + ".1")
+    except FileNotFoundError:
+        pass
 
 
 def tail_lines(path: str, count: int) -> list[str]:
