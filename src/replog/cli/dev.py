@@ -100,6 +100,9 @@ def _supervise(cluster: Sequence[NodePlan]) -> int:
         for node in cluster:
             _say(f"{node.name}: {node.client_url}   (data {node.data_dir}, log {node.log_path})")
         code = supervisor.run()
+    except OSError as error:
+        click.echo(f"error: cannot start the nodes: {error}", err=True)
+        code = EXIT_FAILED
     finally:
         supervisor.stop_all()
         for signum, handler in previous.items():
