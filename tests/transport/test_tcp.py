@@ -517,3 +517,30 @@ async def test_a_failing_on_message_closes_only_that_connection(
     await until(lambda: a.transport.stats()[2].reconnects >= 1)
     assert a.transport.send(heartbeat(1, 2, 2))
     await until(lambda: b.read_seqs(1) == [2])
+
+
+async def test_a_peer_that_never_answers_pings_is_redialed(
+    make_node: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tcp_module, "PING_INTERVAL_S", 0.01)
+    monkeypatch.setattr(tcp_module, "PONG_TIMEOUT_S", 0.05)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing: a stopped process
+
+    server = await asyncio.start_server(mute, LOCALHOST, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        a = await make_node(1, {2: (LOCALHOST, port)})
+        with caplog.at_level(logging.INFO, logger="replog.transport"):
+            await until(lambda: a.transport.stats()[2].reconnects >= 2)
+        assert "has not answered pings" in caplog.text
+        assert not a.transport.stats()[2].connected
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await server.wait_closed()

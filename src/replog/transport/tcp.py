@@ -32,6 +32,8 @@ Invariants and limits:
 * A frame over ``frame_max_bytes`` (``HELLO_BYTES_MAX`` before the handshake) is a protocol
   error that closes the connection. At most ``INBOUND_CONNECTIONS_MAX`` inbound connections
   are open; a new handshake from a sender replaces that sender's older inbound connection.
+* A connection whose pings go unanswered for ``PONG_TIMEOUT_S`` is dropped and redialed, so a
+  peer lost behind a partition is found again by a fresh dial rather than by TCP retransmits.
 * TCP_NODELAY is set on every socket. ``close()`` aborts every connection, cancels and awaits
   every task, and waits for every socket to be closed, so nothing outlives it.
 """
@@ -72,12 +74,13 @@ __all__ = ["PeerStats", "PeerTransport"]
 logger = logging.getLogger("replog.transport")
 
 PING_INTERVAL_S: Final = 1.0
+PONG_TIMEOUT_S: Final = 10.0  # a connection whose pings go unanswered this long is redialed
 HANDSHAKE_TIMEOUT_S: Final = 5.0
 CLOSE_TIMEOUT_S: Final = 2.0
 INBOUND_CONNECTIONS_MAX: Final = 256
 FRAMES_PER_TURN: Final = 256
 BATCH_BYTES_MAX: Final = 16 << 20
-PINGS_OUTSTANDING_MAX: Final = 16
+PINGS_OUTSTANDING_MAX: Final = 16  # must cover PONG_TIMEOUT_S / PING_INTERVAL_S
 PONG_BYTES_MAX: Final = 64
 PONG_BUFFER_MAX_BYTES: Final = 64 << 10  # a sender that never reads its pongs gets no more
 
@@ -88,7 +91,7 @@ Address = tuple[str, int]
 class PeerStats:
     """Counters of one peer's outbound side (all counts since the transport was made)."""
 
-    connected: bool
+    connected: bool  # a connection is open and the peer accepted it (answered a ping)
     sent_messages: int  # written and drained into the socket
     dropped_messages: int  # refused by ``send`` because the queue was full
     send_failures: int  # taken from the queue but lost: broken connection, unencodable
@@ -133,7 +136,7 @@ class _Link:
     def stats(self) -> PeerStats:
         protocol = self.protocol
         return PeerStats(
-            connected=protocol is not None and not protocol.closing,
+            connected=protocol is not None and not protocol.closing and self.healthy,
             sent_messages=self.sent_messages,
             dropped_messages=self.dropped_messages,
             send_failures=self.send_failures,
@@ -617,6 +620,13 @@ class PeerTransport:
     def _ping_due(self, link: _Link, protocol: _OutboundProtocol) -> None:
         if link.protocol is not protocol or protocol.closing:
             return
+        oldest_ns = next(iter(link.pings_sent_ns.values()), None)
+        if oldest_ns is not None and time.monotonic_ns() - oldest_ns > PONG_TIMEOUT_S * 1e9:
+            logger.info(
+                "peer %d has not answered pings for %s s; redialing", link.peer_id, PONG_TIMEOUT_S
+            )
+            protocol.abort()
+            return
         link.ping_due = True
         link.wakeup.set()
         loop = asyncio.get_running_loop()
@@ -667,9 +677,12 @@ class PeerTransport:
         batch += body
 
     def _on_pong(self, link: _Link, seq: int) -> None:
-        sent_ns = link.pings_sent_ns.pop(seq, None)
+        pings = link.pings_sent_ns
+        sent_ns = pings.pop(seq, None)
         if sent_ns is None:
             return  # not a ping of ours, or an old one forgotten
+        while pings and next(iter(pings)) < seq:  # pongs come in order: older ones never will
+            del pings[next(iter(pings))]
         link.healthy = True
         link.rtt_s = rtt_s = (time.monotonic_ns() - sent_ns) / 1e9
         if self.on_rtt is not None:
