@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from replog.core.types import AppendEntries, Entry, Heartbeat, Message, TimeoutNow
-from replog.transport import PeerTransport
+from replog.transport import PeerTransport, loopback_cluster
 from replog.transport import tcp as tcp_module
 from replog.transport.codec import (
     FRAME_HEADER,
@@ -544,3 +544,18 @@ async def test_a_peer_that_never_answers_pings_is_redialed(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
         await server.wait_closed()
+
+
+async def test_the_loopback_cluster_helper_connects_everyone_and_closes() -> None:
+    received: dict[int, list[Message]] = {1: [], 2: [], 3: []}
+    async with loopback_cluster(
+        [1, 2, 3], lambda node_id, m: received[node_id].append(m), **FAST
+    ) as transports:
+        assert set(transports) == {1, 2, 3}
+        for sender, transport in transports.items():
+            for receiver in transports:
+                if receiver != sender:
+                    assert transport.send(heartbeat(sender, receiver, sender))
+        await until(lambda: all(len(r) == 2 for r in received.values()))
+    assert {m.sender for m in received[1]} == {2, 3}
+    assert asyncio.all_tasks() == {asyncio.current_task()}
