@@ -8,16 +8,19 @@ from replog import __version__
 from replog.cli.check import check
 from replog.cli.data import data
 from replog.cli.dev import dev
+from replog.cli.kv import KV_COMMANDS, client_group_options
 from replog.cli.serve import serve
 from replog.cli.sim import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="replog")
+@client_group_options
 def main() -> None:
     """replog: a replicated log (Raft) for Python.
 
-    Run `replog COMMAND --help` for the details of a command.
+    Run `replog COMMAND --help` for the details of a command. The client options given here
+    (before COMMAND) apply to the client commands (put, get, del, list, txn, watch, status).
     """
 
 
@@ -26,3 +29,5 @@ main.add_command(check)
 main.add_command(data)
 main.add_command(serve)
 main.add_command(dev)
+for command in KV_COMMANDS:
+    main.add_command(command)
