@@ -686,7 +686,10 @@ class PeerTransport:
         link.healthy = True
         link.rtt_s = rtt_s = (time.monotonic_ns() - sent_ns) / 1e9
         if self.on_rtt is not None:
-            self.on_rtt(link.peer_id, rtt_s)
+            try:
+                self.on_rtt(link.peer_id, rtt_s)
+            except Exception:
+                logger.exception("on_rtt failed for peer %d", link.peer_id)
 
     # ---- the receiving side ----------------------------------------------------------------
 
