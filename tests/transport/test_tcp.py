@@ -194,6 +194,11 @@ async def test_the_queue_is_bounded_by_count_and_bytes(make_node: Factory) -> No
     assert c.transport.stats()[2].queued_bytes <= 3000
     assert c.transport.stats()[2].dropped_messages == 2
 
+    d = await make_node(4, {2: (LOCALHOST, port)}, queue_max_bytes=3000)
+    huge = AppendEntries(1, 4, 2, 0, 0, (Entry(1, 1, data=bytes(10_000)),), 0)
+    assert d.transport.send(huge)  # an empty queue takes one message of any size
+    assert not d.transport.send(heartbeat(4, 2, 1))
+
 
 async def test_sending_to_an_unknown_node_is_a_counted_drop(make_node: Factory) -> None:
     a = await make_node(1)

@@ -20,6 +20,8 @@ Invariants and limits:
   ``BATCH_BYTES_MAX``), encodes it into one buffer, writes it and awaits drain once per batch.
   When the queue is full the *new* message is refused: ``send`` returns False and counts a
   drop; what is queued keeps its order. Messages stay queued while the peer is unreachable.
+  An empty queue takes one message of any size (a snapshot may exceed ``queue_max_bytes``);
+  ``frame_max_bytes`` is the only limit on one message.
 * Messages a node sends to one peer are delivered in send order, each at most once; the
   messages of a batch lost with a broken connection are counted as ``send_failures``.
 * Reconnection uses exponential backoff with jitter between ``backoff_initial_s`` and
@@ -496,7 +498,7 @@ class PeerTransport:
         if (
             self._closed
             or len(link.queue) >= self._queue_max_messages
-            or link.queued_bytes + size > self._queue_max_bytes
+            or (link.queued_bytes + size > self._queue_max_bytes and link.queue)
         ):
             link.dropped_messages += 1
             return False
