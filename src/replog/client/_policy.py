@@ -5,8 +5,9 @@ every decision):
 
 - ``Endpoints`` remembers each endpoint's ``node_id`` and the last ``leader_id`` seen in any
   answer's header, and offers the leader's endpoint first (a follower would only forward to it);
-  without a known leader it goes round-robin. An endpoint that fails loses the leader mark, so the
-  next request moves on.
+  while the leader's endpoint is unknown it tries endpoints not yet heard from; otherwise it goes
+  round-robin. An endpoint that fails loses the leader mark and is passed over for ``DOWN_S``
+  while others remain, so requests move on instead of knocking at a dead node.
 - ``Attempts`` drives one logical request. Connection errors, timeouts and 503 ``unavailable`` /
   ``unknown_outcome`` are retried on the next endpoint with exponential backoff and jitter until
   ``retry_timeout_s`` has passed; every other error answer is raised at once. A write carries one
@@ -49,6 +50,7 @@ DEFAULT_ENDPOINTS = ("http://127.0.0.1:14300", "http://127.0.0.1:14301", "http:/
 BACKOFF_BASE_S = 0.025
 BACKOFF_MAX_S = 1.0
 ENDPOINTS_MAX = 64
+DOWN_S = 2.0
 ANSWER_MAX_BYTES = 256 * 1024 * 1024  # a full range of large values stays well under this
 WATCH_LINE_MAX_BYTES = 64 * 1024 * 1024
 SESSION_ID_MAX_CHARS = 100  # leaves room for "-<seq>" within the header's 128 characters
@@ -142,22 +144,34 @@ class TransportFailure(Exception):
 
 
 class Endpoints:
-    """The endpoints of one client, with the leader preference described above."""
+    """The endpoints of one client, with the leader preference described above.
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    An endpoint that failed is passed over for ``DOWN_S`` while others remain.
+    """
+
+    def __init__(self, urls: Sequence[str], *, clock: Callable[[], float] = time.monotonic) -> None:
         assert urls, "normalize_endpoints refuses an empty list"
         self.urls = tuple(urls)
+        self._clock = clock
         self._node_ids: dict[str, str] = {}
         self._leader_id: str | None = None
+        self._down_until: dict[str, float] = {}
         self._cursor = 0
 
     def pick(self) -> str:
+        """The leader's endpoint if known; else, while the leader's endpoint is unknown, the
+        next endpoint not yet heard from; else the next endpoint round-robin."""
         leader = self.leader_endpoint()
-        if leader is not None:
+        if leader is not None and not self._is_down(leader):
             return leader
-        url = self.urls[self._cursor % len(self.urls)]
-        self._cursor = (self._cursor + 1) % len(self.urls)
-        return url
+        count = len(self.urls)
+        order = [(self._cursor + step) % count for step in range(count)]
+        order = [index for index in order if not self._is_down(self.urls[index])] or order
+        if self._leader_id is not None:
+            unheard = [index for index in order if self.urls[index] not in self._node_ids]
+            order = unheard or order
+        self._cursor = (order[0] + 1) % count
+        return self.urls[order[0]]
 
     def leader_endpoint(self) -> str | None:
         if self._leader_id is None:
@@ -168,6 +182,7 @@ class Endpoints:
         return None
 
     def observe(self, endpoint: str, header: Header) -> None:
+        self._down_until.pop(endpoint, None)
         self._node_ids[endpoint] = header.node_id
         if header.leader_id is not None:
             self._leader_id = header.leader_id
@@ -175,8 +190,12 @@ class Endpoints:
     def failed(self, endpoint: str) -> None:
         if self._leader_id is not None and self._node_ids.get(endpoint) == self._leader_id:
             self._leader_id = None
+        self._down_until[endpoint] = self._clock() + DOWN_S
         if endpoint in self.urls:
             self._cursor = (self.urls.index(endpoint) + 1) % len(self.urls)
+
+    def _is_down(self, endpoint: str) -> bool:
+        return self._down_until.get(endpoint, 0.0) > self._clock()
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,10 @@ def _read_body(response: http.client.HTTPResponse) -> bytes:
     return body
 
 
+class _StaleConnection(Exception):
+    """A kept-alive connection turned out closed by the node."""
+
+
 class _Connections:
     """One keep-alive connection per endpoint, reopened after any failure."""
 
@@ -97,22 +101,26 @@ class _Connections:
             if connection.sock is not None:
                 connection.sock.settimeout(timeout_s)
             try:
-                return self._finish(endpoint, connection, request)
-            except _STALE_CONNECTION:
-                connection.close()  # the node closed an idle connection: one fresh try
-        return self._finish(endpoint, _open(endpoint, timeout_s), request)
+                return self._finish(endpoint, connection, request, reused=True)
+            except _StaleConnection:
+                pass  # the node closed an idle connection: one fresh try
+        return self._finish(endpoint, _open(endpoint, timeout_s), request, reused=False)
 
     def _finish(
-        self, endpoint: str, connection: http.client.HTTPConnection, request: Request
+        self,
+        endpoint: str,
+        connection: http.client.HTTPConnection,
+        request: Request,
+        *,
+        reused: bool,
     ) -> tuple[int, bytes]:
         try:
             response = _send(connection, request)
             body = _read_body(response)
-        except _STALE_CONNECTION:
-            connection.close()
-            raise
         except (OSError, http.client.HTTPException) as error:
             connection.close()
+            if reused and isinstance(error, _STALE_CONNECTION):
+                raise _StaleConnection from error
             text = "timed out" if isinstance(error, TimeoutError) else repr(error)
             raise TransportFailure(f"no answer: {text}", sent=True) from None
         if response.will_close:
