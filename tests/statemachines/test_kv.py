@@ -565,7 +565,29 @@ def test_restore_refuses_an_inconsistent_image() -> None:
         {"history": [*good.history, event]},
         {"history": [Event("put", KeyValue(b"a", b"", 1, 1, 1))]},  # before compact_revision
         {"history": [Event("move", good.history[-1].kv)]},
+        {"history": [Event("put=", KeyValue(b"nokey", b"", 1, good.revision, 1))]},
     ):
         bad = msgspec.msgpack.encode(msgspec.structs.replace(good, **change))
         with pytest.raises(InvalidSnapshot):
             KVStore().restore(bad)
+
+
+def test_a_snapshot_holds_each_current_value_once() -> None:
+    store = KVStore()
+    for i in range(100):
+        put(store, b"k%03d" % i, bytes([i]) * 1000)
+    assert len(store.events_since(1)) == 100
+    assert len(store.snapshot()) < 100 * 1000 * 1.2
+    copy = KVStore()
+    copy.restore(store.snapshot())
+    assert copy.events_since(1) == store.events_since(1)
+
+
+def test_snapshot_of_a_txn_that_puts_deletes_and_puts_a_key_again() -> None:
+    store = KVStore()
+    txn(store, success=[Put(b"a", b"first"), Delete(b"a"), Put(b"a", b"second")])
+    copy = KVStore()
+    copy.restore(store.snapshot())
+    values = [e.kv.value for e in copy.events_since(1)]
+    assert values == [b"first", b"", b"second"]
+    assert copy.snapshot() == store.snapshot()

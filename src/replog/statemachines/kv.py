@@ -73,6 +73,7 @@ _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 IMAGE_FORMAT = 1
 FINGERPRINT_BYTES = 16
+_PUT_CURRENT = "put="  # in an image: a put event whose kv is the key's current one
 _ENTRY_OVERHEAD_BYTES = 64  # a rough in-memory cost of one table entry beyond its bytes
 
 
@@ -177,9 +178,17 @@ class KVStore:
             now_ms=self._now_ms,
             kvs=[self._kvs[key] for key in self._keys],
             idempotency=list(self._idempotency.values()),
-            history=self._history[self._history_start :],
+            history=[self._image_event(e) for e in self._history[self._history_start :]],
         )
         return _image_encoder.encode(image)
+
+    def _image_event(self, event: Event) -> Event:
+        """A put event whose kv is still the key's current one is written without its value
+        (the image holds that value once, in ``kvs``)."""
+        kv = event.kv
+        if event.type == "put" and self._kvs.get(kv.key) == kv:
+            return Event(_PUT_CURRENT, KeyValue(kv.key, b"", *_revisions(kv)))
+        return event
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot image; raises ``InvalidSnapshot`` (a ValueError)
@@ -426,9 +435,32 @@ def decode_image(data: bytes) -> KVImage:
     except msgspec.DecodeError as exc:
         raise InvalidSnapshot(f"malformed KV snapshot image: {exc}") from None
     problem = _image_problem(image)
+    if problem is None:
+        history, problem = _resolve_history(image)
     if problem is not None:
         raise InvalidSnapshot(f"inconsistent KV snapshot image: {problem}")
-    return image
+    return msgspec.structs.replace(image, history=history)
+
+
+def _revisions(kv: KeyValue) -> tuple[int, int, int]:
+    return kv.create_revision, kv.mod_revision, kv.version
+
+
+def _resolve_history(image: KVImage) -> tuple[list[Event], str | None]:
+    """The history with each value-less current put replaced by the key's current kv."""
+    kvs = {kv.key: kv for kv in image.kvs}
+    history: list[Event] = []
+    for event in image.history:
+        if event.type == _PUT_CURRENT:
+            current = kvs.get(event.kv.key)
+            if current is None or _revisions(current) != _revisions(event.kv):
+                return [], f"history event at revision {event.kv.mod_revision} has no current kv"
+            # snapshot() marks only a put whose whole kv equals the current one: the
+            # revisions and version alone may repeat in a txn that puts, deletes, puts a key
+
+            event = Event("put", current)
+        history.append(event)
+    return history, None
 
 
 def _image_problem(image: KVImage) -> str | None:
@@ -471,7 +503,7 @@ def _history_problem(image: KVImage) -> str | None:
         kv = event.kv
         if not revision <= kv.mod_revision <= image.revision:
             return f"history event at revision {kv.mod_revision} is out of order"
-        if event.type not in ("put", "delete") or not kv.key:
+        if event.type not in ("put", "delete", _PUT_CURRENT) or not kv.key:
             return f"history event at revision {kv.mod_revision} is malformed"
         revision = kv.mod_revision
     return None
