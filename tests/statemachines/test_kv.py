@@ -408,6 +408,19 @@ def test_compaction_inside_a_txn_drops_the_whole_revision() -> None:
     assert [e.kv.key for e in store.events_since(3)] == [b"b"]
 
 
+def test_the_newest_revision_is_kept_whole_even_over_the_budget() -> None:
+    store = KVStore(KVLimits(history_events_max=2))
+    put(store, b"a")
+    txn(store, success=[Put(b"k%d" % i, b"") for i in range(5)])
+    assert store.compact_revision == 2
+    assert [e.kv.key for e in store.events_since(2)] == [b"k%d" % i for i in range(5)]
+    copy = KVStore(KVLimits(history_events_max=2))
+    copy.restore(store.snapshot())  # a node restores its own image, whatever it holds
+    put(store, b"b")
+    assert store.compact_revision == 3
+    assert [e.kv.key for e in store.events_since(3)] == [b"b"]
+
+
 def test_the_history_is_bounded_in_bytes() -> None:
     store = KVStore(KVLimits(history_bytes_max=1000))
     for i in range(10):

@@ -44,7 +44,7 @@ from replog.statemachines.commands import TxnOp, WriteOp, WriteResult
 
 PROPERTY = settings(max_examples=150, derandomize=True, deadline=None)
 LIMITS = KVLimits(
-    idempotency_keys_max=3, idempotency_ttl_ms=1000, history_events_max=4, range_limit_max=50
+    idempotency_keys_max=3, idempotency_ttl_ms=1000, history_events_max=3, range_limit_max=50
 )
 
 # --- the reference model --------------------------------------------------------------------
@@ -141,15 +141,15 @@ class Model:
         }[c.op]
 
     def window(self) -> tuple[int, list[Event]]:
-        """The compact revision and the events a history of history_events_max holds: the
-        newest events, less any revision that would be held only in part."""
-        cap = self.limits.history_events_max
-        cut = max(0, len(self.events) - cap)
-        if cut == 0:
-            return 1, self.events
-        last_dropped = self.events[cut - 1].kv.mod_revision
-        kept = [e for e in self.events if e.kv.mod_revision > last_dropped]
-        return last_dropped + 1, kept
+        """The compact revision and the events a history of history_events_max holds: whole
+        revisions, newest first, the newest one even if it alone is over the budget."""
+        kept = self.events
+        while len(kept) > self.limits.history_events_max:
+            oldest = kept[0].kv.mod_revision
+            if oldest == self.revision:
+                break  # the newest revision is always kept whole
+            kept = [e for e in kept if e.kv.mod_revision > oldest]
+        return (kept[0].kv.mod_revision if kept else self.revision + 1), kept
 
 
 # --- strategies -----------------------------------------------------------------------------

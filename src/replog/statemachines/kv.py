@@ -14,8 +14,9 @@ Invariants:
   transaction whose executed branch writes is one revision; deleting a missing key is none).
   For every key, 1 <= create_revision <= mod_revision <= revision and version >= 1.
 * The watch history holds every event of the revisions compact_revision..revision, in
-  revision order (a transaction's events share its revision), and nothing older. When it is
-  over its event or byte budget, the oldest revision's events are dropped, all of them.
+  revision order (a transaction's events share its revision), and nothing older. After each
+  command, while it is over its event or byte budget, the oldest revision's events are
+  dropped, all of them; the newest revision is always kept whole.
 * Time is ``now_ms``, the largest ``time_ms`` stamped on an applied request (never a clock).
   An idempotency entry remembers (fingerprint of the operation, result); it expires
   ``idempotency_ttl_ms`` after it was stored and is evicted oldest-first beyond the count and
@@ -272,11 +273,15 @@ class KVStore:
         return result
 
     def _execute(self, op: WriteOp) -> WriteResult:
+        result: WriteResult
         if isinstance(op, Put):
-            return self._put(op.key, op.value, self._revision + 1)
-        if isinstance(op, Delete):
-            return self._delete(op.key, self._revision + 1)
-        return self._txn(op)
+            result = self._put(op.key, op.value, self._revision + 1)
+        elif isinstance(op, Delete):
+            result = self._delete(op.key, self._revision + 1)
+        else:
+            result = self._txn(op)
+        self._trim_history()
+        return result
 
     def _put(self, key: bytes, value: bytes, revision: int) -> PutResult:
         """Write ``key`` at ``revision``; the caller decides when the store revision moves."""
@@ -337,11 +342,16 @@ class KVStore:
     def _record(self, event: Event) -> None:
         self._history.append(event)
         self._history_bytes += event_cost_bytes(event)
+
+    def _trim_history(self) -> None:
+        """Bound the history after a command: drop the oldest revisions, whole, while it is
+        over budget, but never the newest one (so it may exceed the budget by one revision,
+        which check_request bounds)."""
         limits = self._limits
         while (
             len(self._history) - self._history_start > limits.history_events_max
             or self._history_bytes > limits.history_bytes_max
-        ):
+        ) and self._history[self._history_start].kv.mod_revision < self._revision:
             self._drop_oldest_revision()
         if self._history_start > limits.history_events_max:
             del self._history[: self._history_start]  # amortized O(1) per event
