@@ -25,6 +25,7 @@ from replog.statemachines import (
     Put,
     PutResult,
     Request,
+    StateMachine,
     TooLarge,
     Txn,
     TxnResult,
@@ -370,8 +371,10 @@ def test_events_since_filters_by_key_and_prefix() -> None:
     assert [e.kv.key for e in store.events_since(3, prefix=b"app/")] == [b"app/a"]
     assert store.events_since(5) == []
     assert store.events_since(4)[0] == Event("delete", KeyValue(b"app/a", b"", 0, 4, 0))
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(InvalidCommand, match="not both"):
         store.events_since(1, key=b"a", prefix=b"a")
+    with pytest.raises(InvalidCommand, match="limit"):
+        store.events_since(1, limit=0)
 
 
 def test_events_since_limit_never_splits_a_revision() -> None:
@@ -604,3 +607,8 @@ def test_snapshot_of_a_txn_that_puts_deletes_and_puts_a_key_again() -> None:
     values = [e.kv.value for e in copy.events_since(1)]
     assert values == [b"first", b"", b"second"]
     assert copy.snapshot() == store.snapshot()
+
+
+def test_the_store_is_a_state_machine() -> None:
+    machine: StateMachine = KVStore()
+    assert isinstance(machine.apply(b""), ErrorResult)

@@ -235,9 +235,9 @@ class KVStore:
         ``prefix`` (or all). At most ``limit`` events, except that the events of one
         revision are never split: a watcher resumes at the last event's revision + 1."""
         if key is not None and prefix is not None:
-            raise ValueError("events_since takes a key or a prefix, not both")
-        if limit < 1:
-            raise ValueError(f"limit must be positive, not {limit}")
+            raise InvalidCommand("a watch takes a key or a prefix, not both")
+        if type(limit) is not int or limit < 1:
+            raise InvalidCommand(f"limit must be a positive integer, not {limit!r}")
         if max(start_revision, 1) < self._compact_revision:
             raise Compacted(self._compact_revision)
         events = self._history
