@@ -175,7 +175,7 @@ class FakeNode:
         self.requests: list[tuple[str, str, str | None]] = []
         self.port = 0
         self.runner: web.AppRunner | None = None
-        self.watch_breaks = 0
+        self.stream_error: dict[str, Any] | None = None
         self.broken = asyncio.Event()
 
     @property
@@ -389,6 +389,9 @@ class FakeNode:
             )
             for waiter in waiters:
                 waiter.cancel()
+        if self.stream_error is not None:
+            line = {"header": self.header(), "error": self.stream_error}
+            await response.write(json.dumps(line).encode() + b"\n")
         if request.transport is not None:
             request.transport.close()
         return response
@@ -445,10 +448,12 @@ class FakeCluster:
     def start_node(self, node_id: str) -> None:
         self.call(self.node(node_id).start())
 
-    def break_watches(self, node_id: str) -> None:
+    def break_watches(self, node_id: str, error: dict[str, Any] | None = None) -> None:
+        """End the node's watch streams (with an error line first, if given)."""
         node = self.node(node_id)
 
         def run() -> None:
+            node.stream_error = error
             node.broken.set()
             node.broken = asyncio.Event()
 

@@ -166,3 +166,18 @@ async def test_close_closes_open_watches(cluster: FakeCluster) -> None:
     await client.close()
     with pytest.raises(StopAsyncIteration):
         await anext(watch)
+
+
+async def test_error_lines_resume_or_raise(cluster: FakeCluster) -> None:
+    async with client_of(cluster) as client, client.watch(key="k", start_revision=1) as watch:
+        cluster.put("k", "1")
+        assert (await anext(watch)).kv.value == b"1"
+        cluster.break_watches("n1", {"code": "unavailable", "message": "stopping"})
+        cluster.put("k", "2")
+        assert (await anext(watch)).kv.value == b"2"
+        compacted = {"code": "revision_compacted", "message": "gone", "compact_revision": 9}
+        for node in ("n1", "n2", "n3"):
+            cluster.break_watches(node, compacted)
+        with pytest.raises(RevisionCompacted) as raised:
+            await anext(watch)
+        assert raised.value.compact_revision == 9

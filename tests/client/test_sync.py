@@ -362,3 +362,23 @@ def test_watch_needs_exactly_one_filter(cluster: FakeCluster) -> None:
             client.watch(key="a", prefix="b")
         with pytest.raises(ValueError, match="start_revision"):
             client.watch(key="a", start_revision=0)
+
+
+def test_an_error_line_of_an_unavailable_node_resumes_elsewhere(cluster: FakeCluster) -> None:
+    with client_of(cluster) as client, client.watch(key="k", start_revision=1) as watch:
+        cluster.put("k", "1")
+        assert next(watch).kv.value == b"1"
+        cluster.break_watches("n1", {"code": "unavailable", "message": "stopping"})
+        cluster.put("k", "2")
+        assert next(watch).kv.value == b"2"
+
+
+def test_an_error_line_of_compaction_raises(cluster: FakeCluster) -> None:
+    error = {"code": "revision_compacted", "message": "gone", "compact_revision": 40}
+    with client_of(cluster) as client, client.watch(key="k", start_revision=1) as watch:
+        cluster.put("k", "1")
+        assert next(watch).kv.value == b"1"
+        cluster.break_watches("n1", error)
+        with pytest.raises(RevisionCompacted) as raised:
+            next(watch)
+    assert (raised.value.compact_revision, raised.value.status) == (40, 410)

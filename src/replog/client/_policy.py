@@ -55,6 +55,18 @@ ANSWER_MAX_BYTES = 256 * 1024 * 1024  # a full range of large values stays well 
 WATCH_LINE_MAX_BYTES = 64 * 1024 * 1024
 SESSION_ID_MAX_CHARS = 100  # leaves room for "-<seq>" within the header's 128 characters
 RETRYABLE_CODES = frozenset({"unavailable", "unknown_outcome"})
+STATUS_OF_CODE = {
+    "invalid_request": 400,
+    "too_large": 400,
+    "key_not_found": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_key_reused": 409,
+    "revision_compacted": 410,
+    "unavailable": 503,
+    "unknown_outcome": 503,
+    "internal": 500,
+}
 
 
 def normalize_endpoints(endpoints: str | Sequence[str]) -> tuple[str, ...]:
@@ -345,9 +357,21 @@ class WatchCursor:
         return Request("GET", query_target("/v1/watch", params))
 
     def accept_line(self, endpoints: Endpoints, endpoint: str, line: bytes) -> list[WatchEvent]:
-        """The new events of one stream line (a ``ValueError`` if the line is unreadable)."""
+        """The new events of one stream line.
+
+        Raises ``ValueError`` if the line is unreadable, and the typed error of an error line.
+        """
         wire: WatchLine = decode_answer(WatchLine, line)
         endpoints.observe(endpoint, wire.header)
+        if wire.error is not None:
+            raise error_from_answer(
+                status=STATUS_OF_CODE.get(wire.error.code, 500),
+                code=wire.error.code,
+                message=wire.error.message or "the watch stream ended with an error",
+                header=wire.header,
+                endpoint=endpoint,
+                compact_revision=wire.error.compact_revision,
+            )
         events = [
             event
             for event in wire.public_events()

@@ -34,7 +34,7 @@ from replog.client._policy import (
     normalize_endpoint,
     normalize_endpoints,
 )
-from replog.client.errors import ReplogClientError, ServerError
+from replog.client.errors import ReplogClientError, ServerError, Unavailable, UnknownOutcome
 from replog.client.types import (
     Compare,
     DeleteResponse,
@@ -387,6 +387,13 @@ class Watch:
         if line.strip():
             try:
                 events = self._cursor.accept_line(self._client.endpoints, self._endpoint, line)
+            except (Unavailable, UnknownOutcome):
+                self._client.endpoints.failed(self._endpoint)
+                self._drop()  # the node gave up on this stream: resume elsewhere
+                return
+            except ReplogClientError:
+                self._drop()
+                raise
             except ValueError as error:
                 self._drop()
                 raise ServerError(

@@ -487,20 +487,24 @@ class _WireEvent(msgspec.Struct):
     kv: _WireKV
 
 
-class WatchLine(msgspec.Struct):
-    """One line of a watch stream (private wire form; ``events`` empty on a keepalive)."""
-
-    header: Header
-    events: list[_WireEvent]
-
-    def public_events(self) -> list[WatchEvent]:
-        return [WatchEvent(event.type, event.kv.public()) for event in self.events]
-
-
 class _WireErrorBody(msgspec.Struct):
     code: str = "internal"
     message: str = ""
     compact_revision: int | None = None
+
+
+class WatchLine(msgspec.Struct):
+    """One line of a watch stream (private wire form; ``events`` empty on a keepalive).
+
+    A node may end a stream with an error line (``error`` set) instead of events.
+    """
+
+    header: Header
+    events: list[_WireEvent] = msgspec.field(default_factory=list)
+    error: _WireErrorBody | None = None
+
+    def public_events(self) -> list[WatchEvent]:
+        return [WatchEvent(event.type, event.kv.public()) for event in self.events]
 
 
 class WireError(msgspec.Struct):
