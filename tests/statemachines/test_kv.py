@@ -510,6 +510,25 @@ def test_decode_request_round_trips_and_refuses_oversized_bytes() -> None:
         decode_request(encode_request(Request(Put(b"a", b"v" * 5000))), LIMITS)
 
 
+def test_a_request_may_always_carry_one_largest_key_and_value() -> None:
+    limits = KVLimits(key_bytes_max=4, value_bytes_max=100, request_bytes_max=10)
+    assert limits.payload_bytes_max == 104
+    check_request(Request(Put(b"kkkk", b"v" * 100)), limits)
+    big = Request(Txn((), (Put(b"kkkk", b"v" * 100), Put(b"k", b"")), ()))
+    with pytest.raises(TooLarge, match="carries 105 bytes"):
+        check_request(big, limits)
+    decode_request(encode_request(Request(Put(b"kkkk", b"v" * 100), "i" * 128)), limits)
+
+
+def test_the_kv_module_exports_the_whole_vocabulary() -> None:
+    import replog.statemachines as package
+    import replog.statemachines.kv as kv
+
+    assert set(package.__all__) - {"StateMachine"} <= set(kv.__all__)
+    for name in kv.__all__:
+        assert getattr(kv, name) is getattr(package, name, getattr(kv, name))
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="key_bytes_max"):
         KVLimits(key_bytes_max=0)

@@ -52,7 +52,7 @@ class KVLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     key_bytes_max: int = 4096
     value_bytes_max: int = 1 * MiB
-    request_bytes_max: int = 2 * MiB  # sum of the keys and values one request carries
+    request_bytes_max: int = 2 * MiB  # keys and values in one request (see payload_bytes_max)
     txn_ops_max: int = 128  # per list: success and failure each
     txn_compares_max: int = 128
     range_limit_max: int = 10_000
@@ -67,6 +67,12 @@ class KVLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"KVLimits.{name} must be a positive integer, not {value!r}")
+
+    @property
+    def payload_bytes_max(self) -> int:
+        """The most key and value bytes one request may carry: ``request_bytes_max``, but
+        never less than one largest key plus one largest value (so any valid put fits)."""
+        return max(self.request_bytes_max, self.key_bytes_max + self.value_bytes_max)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -187,7 +193,7 @@ def encode_op(op: WriteOp) -> bytes:
 def encoded_bytes_max(limits: KVLimits) -> int:
     """An upper bound on the encoded size of any request that passes ``check_request``."""
     parts = limits.txn_compares_max + 2 * limits.txn_ops_max + 4
-    return limits.request_bytes_max + parts * _ENCODING_SLACK_BYTES + IDEMPOTENCY_KEY_CHARS_MAX
+    return limits.payload_bytes_max + parts * _ENCODING_SLACK_BYTES + IDEMPOTENCY_KEY_CHARS_MAX
 
 
 def decode_request(data: bytes, limits: KVLimits | None = None) -> Request:
@@ -211,10 +217,10 @@ def check_request(req: Request, limits: KVLimits) -> None:
     if type(req.time_ms) is not int or not 0 <= req.time_ms <= INT64_MAX:
         raise InvalidCommand(f"time_ms must be an integer in [0, 2**63), not {req.time_ms!r}")
     payload_bytes = check_op(req.op, limits)
-    if payload_bytes > limits.request_bytes_max:
+    if payload_bytes > limits.payload_bytes_max:
         raise TooLarge(
             f"the request carries {payload_bytes} bytes of keys and values, "
-            f"over the limit of {limits.request_bytes_max}"
+            f"over the limit of {limits.payload_bytes_max}"
         )
 
 

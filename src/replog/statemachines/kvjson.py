@@ -117,10 +117,10 @@ def txn_from_json(obj: object, limits: KVLimits | None = None) -> Txn:
         ),
     )
     payload_bytes = check_op(txn, limits)
-    if payload_bytes > limits.request_bytes_max:
+    if payload_bytes > limits.payload_bytes_max:
         raise TooLarge(
             f"the transaction carries {payload_bytes} bytes of keys and values, "
-            f"over the limit of {limits.request_bytes_max}"
+            f"over the limit of {limits.payload_bytes_max}"
         )
     return txn
 
