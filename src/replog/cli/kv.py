@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -49,6 +50,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 STDIN_MAX_BYTES = 64 * 1024 * 1024
+TABLE_WIDTH_MIN = 160
 _META = "replog.client."
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,11 +180,16 @@ def _echo_json(document: Any) -> None:
 
 
 def _console() -> Console:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console.width = max(console.width, TABLE_WIDTH_MIN)  # a pipe or a file: do not cut rows
+    return console
 
 
 def _kv_table(kvs: list[KeyValue], caption: str | None = None) -> Table:
-    table = Table("key", "value", "version", "create_rev", "mod_rev", caption=caption)
+    table = Table(
+        "key", "value", "version", "create_rev", "mod_rev", caption=caption, box=box.SIMPLE_HEAD
+    )
     for kv in kvs:
         table.add_row(
             Text(_show(kv.key)),
@@ -332,7 +339,7 @@ def txn(settings: Settings, file: str) -> None:
 
 
 def _results_table(results: tuple[OpResult, ...]) -> Table:
-    table = Table("#", "op", "key", "value / deleted", "mod_rev")
+    table = Table("#", "op", "key", "value / deleted", "mod_rev", box=box.SIMPLE_HEAD)
     for number, result in enumerate(results):
         if isinstance(result, PutResult):
             kv = result.kv
@@ -444,7 +451,7 @@ def _status_table(
     answers: list[tuple[str, StatusResponse | ReplogClientError]], leader: StatusResponse | None
 ) -> Table:
     """One row per endpoint; an endpoint that failed shows its error code as its role."""
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("endpoint", no_wrap=True, min_width=max(len(url) for url, _ in answers))
     for column in ("id", "role", "term", "commit", "applied", "lag", "leader"):
         table.add_column(column, no_wrap=True, min_width=len(column))
