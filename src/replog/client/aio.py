@@ -53,7 +53,11 @@ __all__ = ["AsyncClient", "AsyncWatch"]
 
 T = TypeVar("T")
 WATCH_IDLE_TIMEOUT_S = 15.0
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# ConnectionTimeoutError (a connect that timed out) exists from aiohttp 3.10 on.
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError),
+)
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
