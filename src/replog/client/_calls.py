@@ -2,7 +2,8 @@
 
 A ``Call`` pairs one HTTP request with the function that turns its 2xx body into the method's
 answer. Keys that are not valid UTF-8 cannot travel in a URL path (docs/http-api.md, "Keys and
-values"), so single-key methods on such keys become one-operation transactions. Every write takes
+values"), so single-key methods on such keys become one-operation transactions (a read of
+such a key is then linearizable whatever ``consistency`` says). Every write takes
 the next sequence number of the client's session for its ``Idempotency-Key``; retries reuse the
 ``Call`` and so the key.
 """

@@ -123,6 +123,9 @@ class _Connections:
                 raise _StaleConnection from error
             text = "timed out" if isinstance(error, TimeoutError) else repr(error)
             raise TransportFailure(f"no answer: {text}", sent=True) from None
+        except TransportFailure:
+            connection.close()
+            raise
         if response.will_close:
             connection.close()
         else:
