@@ -1,0 +1,125 @@
+"""``replog serve``: one node of the replicated KV store, with its HTTP API.
+
+Start-up: recover the data directory, join the peers, then open the client port. Shutdown on
+SIGTERM or SIGINT: a leader hands leadership to the most up-to-date follower first (so clients
+see no election timeout), then the node stops, then the client port closes. A storage failure
+stops the process with exit code 1; it restarts through recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from replog.server.config import ServerConfig
+from replog.server.http import ApiOptions, make_app
+from replog.server.node import Node, NodeOptions
+from replog.statemachines.kv import KVLimits, KVStore
+from replog.storage import StorageError
+
+log = logging.getLogger("replog.server")
+
+HTTP_SHUTDOWN_S = 2.0
+# What the store accepts when it applies the log: the same on every node, and at least the
+# largest request limits `replog serve` allows (the configured limits are checked on entry).
+APPLY_LIMITS = KVLimits(key_bytes_max=1 << 20, value_bytes_max=16 << 20, request_bytes_max=32 << 20)
+
+
+def run(config: ServerConfig) -> int:
+    """Run one node until SIGTERM/SIGINT; return the process exit code."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(serve(config))
+
+
+def node_options(config: ServerConfig) -> NodeOptions:
+    return NodeOptions(
+        tick_ms=config.tick_ms,
+        heartbeat_ms=config.heartbeat_ms,
+        election_timeout_ms=config.election_timeout_ms,
+        lease_reads=config.lease_reads,
+        clock_drift_ms=config.clock_drift_ms,
+        request_timeout_ms=config.request_timeout_ms,
+        snapshot_entries=config.snapshot_entries,
+        snapshot_keep_entries=config.snapshot_keep_entries,
+    )
+
+
+async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> int:
+    """The node's whole life; ``started`` is set once clients can connect (for tests)."""
+    kv = KVStore(limits=APPLY_LIMITS)
+    node = Node(
+        kv,
+        name=config.name,
+        data_dir=config.data_dir,
+        peers={m.name: str(m.peer) for m in config.initial_cluster},
+        cluster_id=config.cluster_id,
+        listen_peer=str(config.listen_peer),
+        options=node_options(config),
+    )
+    try:
+        await node.start()
+    except (StorageError, OSError) as error:
+        log.error("node %s cannot start: %s", config.name, error)
+        return 1
+    limits = KVLimits(
+        key_bytes_max=config.key_bytes_max,
+        value_bytes_max=config.value_bytes_max,
+        request_bytes_max=config.request_bytes_max,
+    )
+    options = ApiOptions(config.cluster_id, config.request_bytes_max, limits)
+    runner = web.AppRunner(
+        make_app(node, kv, options), handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen_client.host, config.listen_client.port)
+    try:
+        await site.start()
+    except OSError as error:
+        log.error("cannot listen for clients on %s: %s", config.listen_client, error)
+        await node.stop(transfer=False)
+        await runner.cleanup()
+        return 1
+    log.info(
+        "node %s serving clients on %s (peers on %s), data in %s",
+        config.name,
+        config.advertise_client,
+        config.advertise_peer,
+        config.data_dir,
+    )
+    if started is not None:
+        started.set()
+    code = await _until_stopped(node)
+    await node.stop(transfer=code == 0)
+    await runner.cleanup()
+    log.info("node %s stopped", config.name)
+    return code
+
+
+async def _until_stopped(node: Node) -> int:
+    """Wait for SIGTERM/SIGINT (exit code 0) or a node failure (exit code 1)."""
+    loop = asyncio.get_running_loop()
+    requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, requested.set)
+    stopped = asyncio.ensure_future(node.wait_stopped())
+    asked = asyncio.ensure_future(requested.wait())
+    try:
+        await asyncio.wait({stopped, asked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        asked.cancel()
+    if stopped.done():
+        error = stopped.exception()
+        log.error("node %s failed: %s", node.name, error)
+        return 1
+    stopped.cancel()
+    return 0

@@ -1,0 +1,382 @@
+"""The HTTP API of a node (docs/http-api.md): JSON under ``/v1``, health and metrics.
+
+Every handler checks its whole request before anything is proposed, so bad input never reaches
+the log and never applies half a request. Writes go through ``Node.propose`` (a follower's
+proposals travel to the leader through the Raft log); linearizable reads first pass
+``Node.read_barrier``; stale reads answer from this node's applied state. Every JSON body
+carries the cluster header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from replog import __version__
+from replog.server.node import Node, NodeStopped, Unavailable, UnknownOutcome
+from replog.statemachines.kv import (
+    Compacted,
+    Delete,
+    DeleteResult,
+    ErrorResult,
+    Event,
+    InvalidCommand,
+    KVLimits,
+    KVStore,
+    Put,
+    PutResult,
+    Request,
+    TooLarge,
+    Txn,
+    TxnResult,
+    check_request,
+    encode_request,
+    event_to_json,
+    kv_to_json,
+    result_to_json,
+    txn_from_json,
+)
+
+Json = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RANGE_LIMIT_DEFAULT = 1_000
+WATCH_KEEPALIVE_S = 5.0
+WATCH_BATCH_EVENTS = 1_000
+IDEMPOTENCY_KEY_BYTES_MAX = 128
+_CONSISTENCY = ("linearizable", "lease", "stale")
+_ENCODER = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOptions:
+    """``limits`` are this node's request limits, checked before anything is proposed. The
+    store applies the log with its own, cluster-wide ceilings (``APPLY_LIMITS``): a command
+    the leader accepted must be accepted alike by every node, whatever its flags."""
+
+    cluster_id: str = "replog"
+    request_bytes_max: int = 2 << 20
+    limits: KVLimits = field(default_factory=KVLimits)
+
+
+class Api:
+    """The handlers, bound to one node and its KV store."""
+
+    def __init__(self, node: Node, kv: KVStore, options: ApiOptions) -> None:
+        self.node = node
+        self.kv = kv
+        self.options = options
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def header(self) -> Json:
+        status = self.node.position()
+        return {
+            "node_id": self.node.name,
+            "leader_id": status.leader,
+            "term": status.term,
+            "commit_index": status.commit_index,
+            "applied_index": status.applied_index,
+            "revision": self.kv.revision,
+        }
+
+    def reply(self, body: Json, status: int = 200) -> web.Response:
+        body = {"header": self.header(), **body}
+        return web.Response(
+            body=_ENCODER.encode(body), status=status, content_type="application/json"
+        )
+
+    def error(self, error: ApiError) -> web.Response:
+        detail = {"code": error.code, "message": error.message, **error.extra}
+        return self.reply({"error": detail}, error.status)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return self.error(error)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.options.request_bytes_max
+            return self.error(ApiError(400, "too_large", f"the request body is over {limit} bytes"))
+        except web.HTTPNotFound:
+            return self.error(ApiError(404, "not_found", f"no endpoint {request.path}"))
+        except web.HTTPMethodNotAllowed:
+            message = f"{request.method} is not allowed on {request.path}"
+            return self.error(ApiError(405, "method_not_allowed", message))
+        except (Unavailable, NodeStopped) as error:
+            return self.error(ApiError(503, "unavailable", str(error)))
+        except UnknownOutcome as error:
+            return self.error(ApiError(503, "unknown_outcome", str(error)))
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        key = _path_key(request)
+        value = await request.read()
+        return await self._write(request, Put(key, value))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        return await self._write(request, Delete(_path_key(request)))
+
+    async def txn(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        try:
+            body = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as error:
+            raise ApiError(400, "invalid_request", f"malformed JSON: {error}") from None
+        try:
+            txn = txn_from_json(body, self.options.limits)
+        except InvalidCommand as error:
+            raise _invalid(error) from None
+        return await self._write(request, txn)
+
+    async def _write(self, request: web.Request, op: Put | Delete | Txn) -> web.Response:
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
+            message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
+            raise ApiError(400, "invalid_request", message)
+        command = Request(op, idempotency_key=idempotency_key, time_ms=int(time.time() * 1000))
+        try:
+            check_request(command, self.options.limits)
+        except InvalidCommand as error:
+            raise _invalid(error) from None
+        result = await self.node.propose(encode_request(command))
+        if isinstance(result, ErrorResult):
+            status = 409 if result.code == "idempotency_key_reused" else 400
+            raise ApiError(status, result.code, result.message)
+        assert isinstance(result, PutResult | DeleteResult | TxnResult), result
+        return self.reply(result_to_json(result))
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.Response:
+        query = _query(request, ("consistency", "min_revision"))
+        key = _path_key(request)
+        await self._read_barrier(query)
+        kv = self.kv.get(key)
+        if kv is None:
+            raise ApiError(404, "key_not_found", f"key {key!r} not found")
+        return self.reply({"kv": kv_to_json(kv)})
+
+    async def range(self, request: web.Request) -> web.Response:
+        query = _query(request, ("prefix", "prefix_base64", "limit", "consistency", "min_revision"))
+        prefix = _bytes_param(query, "prefix", required=False)
+        limit = _int_param(
+            query, "limit", RANGE_LIMIT_DEFAULT, 1, self.options.limits.range_limit_max
+        )
+        await self._read_barrier(query)
+        kvs, count, more = self.kv.range(prefix, limit)
+        return self.reply({"kvs": [kv_to_json(kv) for kv in kvs], "count": count, "more": more})
+
+    async def _read_barrier(self, query: Mapping[str, str]) -> None:
+        consistency = query.get("consistency", "linearizable")
+        if consistency not in _CONSISTENCY:
+            message = f"consistency must be one of {', '.join(_CONSISTENCY)}, not {consistency!r}"
+            raise ApiError(400, "invalid_request", message)
+        min_revision = _int_param(query, "min_revision", 0, 0, 1 << 62)
+        if consistency != "stale":
+            await self.node.read_barrier(lease=consistency == "lease")
+        if min_revision > self.kv.revision:
+            timeout_s = self.node.options.request_timeout_ms / 1000
+            if not await self.node.wait_applied(
+                lambda: self.kv.revision >= min_revision, timeout_s
+            ):
+                message = f"this node has not reached revision {min_revision} in time"
+                raise ApiError(503, "unavailable", message)
+
+    # ---- watch -----------------------------------------------------------------------------
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        query = _query(request, ("key", "key_base64", "prefix", "prefix_base64", "start_revision"))
+        has_key = "key" in query or "key_base64" in query
+        if has_key == ("prefix" in query or "prefix_base64" in query):
+            raise ApiError(400, "invalid_request", "give exactly one of key and prefix")
+        key = _bytes_param(query, "key", required=True) if has_key else None
+        prefix = None if has_key else _bytes_param(query, "prefix", required=False)
+        start = _int_param(query, "start_revision", self.kv.revision + 1, 1, 1 << 62)
+        events = self._events(start, key, prefix)  # a compacted start fails before streaming
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError, NodeStopped):
+            while True:
+                if events:
+                    await self._send_events(response, events)
+                    start = events[-1].kv.mod_revision + 1
+                elif not await self._applied_within(WATCH_KEEPALIVE_S):
+                    await self._send_events(response, [])  # keepalive: the stream is alive
+                try:
+                    events = self._events(start, key, prefix)
+                except ApiError as error:
+                    await self._send_line(response, {"error": _error_detail(error)})
+                    break
+        return response
+
+    def _events(self, start: int, key: bytes | None, prefix: bytes | None) -> list[Event]:
+        try:
+            events = self.kv.events_since(start, key=key, prefix=prefix, limit=WATCH_BATCH_EVENTS)
+        except Compacted as error:
+            message = (
+                f"revision {start} is compacted; the oldest available is {error.compact_revision}"
+            )
+            raise ApiError(
+                410, "revision_compacted", message, compact_revision=error.compact_revision
+            ) from None
+        return events
+
+    async def _applied_within(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.node.applied_changed()
+                return True
+        return False
+
+    async def _send_events(self, response: web.StreamResponse, events: list[Event]) -> None:
+        await self._send_line(response, {"events": [event_to_json(e) for e in events]})
+
+    async def _send_line(self, response: web.StreamResponse, body: Json) -> None:
+        await response.write(_ENCODER.encode({"header": self.header(), **body}) + b"\n")
+
+    # ---- status ----------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        status = self.node.status()
+        node = {
+            "id": status.name,
+            "role": status.role,
+            "term": status.term,
+            "leader_id": status.leader,
+            "commit_index": status.commit_index,
+            "applied_index": status.applied_index,
+            "last_index": status.last_index,
+            "snapshot_index": status.snapshot_index,
+        }
+        followers = [
+            {
+                "id": f.name,
+                "match_index": f.match_index,
+                "next_index": f.next_index,
+                "lag": f.lag,
+                "state": f.state,
+            }
+            for f in status.followers
+        ]
+        return self.reply(
+            {
+                "cluster_id": self.options.cluster_id,
+                "version": __version__,
+                "node": node,
+                "followers": followers,
+            }
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        if self.node.stopped:
+            return self.reply({"health": False, "reason": "the node is stopping"}, 503)
+        if self.node.leader is None:
+            return self.reply({"health": False, "reason": "no leader is known"}, 503)
+        return self.reply({"health": True})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.node.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+
+def make_app(node: Node, kv: KVStore, options: ApiOptions) -> web.Application:
+    api = Api(node, kv, options)
+    app = web.Application(middlewares=[api.middleware], client_max_size=options.request_bytes_max)
+    app.router.add_put("/v1/kv/{key:.+}", api.put)
+    app.router.add_get("/v1/kv/{key:.+}", api.get)
+    app.router.add_delete("/v1/kv/{key:.+}", api.delete)
+    app.router.add_get("/v1/kv", api.range)
+    app.router.add_post("/v1/txn", api.txn)
+    app.router.add_get("/v1/watch", api.watch)
+    app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/health", api.health)
+    app.router.add_get("/metrics", api.metrics)
+    return app
+
+
+# ---- request parsing -------------------------------------------------------------------------
+
+
+def _query(request: web.Request, allowed: tuple[str, ...]) -> Mapping[str, str]:
+    query = request.query
+    for name in query:
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            message = f"unknown query parameter {name!r} (expected: {expected})"
+            raise ApiError(400, "invalid_request", message)
+        if len(query.getall(name)) > 1:
+            raise ApiError(400, "invalid_request", f"query parameter {name!r} is repeated")
+    return query
+
+
+def _path_key(request: web.Request) -> bytes:
+    key = request.match_info["key"].encode()
+    if not key:
+        raise ApiError(400, "invalid_request", "the key is empty")
+    return key
+
+
+def _bytes_param(query: Mapping[str, str], name: str, *, required: bool) -> bytes:
+    text, encoded = query.get(name), query.get(f"{name}_base64")
+    if text is not None and encoded is not None:
+        raise ApiError(400, "invalid_request", f"give {name} or {name}_base64, not both")
+    if encoded is not None:
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "invalid_request", f"{name}_base64 is not valid base64") from None
+    if text is None and required:
+        raise ApiError(400, "invalid_request", f"{name} is required")
+    return (text or "").encode()
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be an integer, not {text!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_request", f"{name} must be between {low} and {high}")
+    return value
+
+
+def _valid_idempotency_key(key: str) -> bool:
+    return 0 < len(key) <= IDEMPOTENCY_KEY_BYTES_MAX and all(33 <= ord(c) < 127 for c in key)
+
+
+def _invalid(error: InvalidCommand) -> ApiError:
+    code = "too_large" if isinstance(error, TooLarge) else "invalid_request"
+    return ApiError(400, code, str(error))
+
+
+def _error_detail(error: ApiError) -> Json:
+    return {"code": error.code, "message": error.message, **error.extra}
