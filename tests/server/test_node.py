@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from replog.server.node import Node, NodeOptions, NodeStopped, Unavailable, UnknownOutcome
+from replog.errors import Unavailable, UnknownOutcome
+from replog.server.node import Node, NodeOptions, NodeStopped
 from replog.testing.processes import free_ports
 
 FAST = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, request_timeout_ms=3000)

@@ -22,7 +22,8 @@ import msgspec
 from aiohttp import web
 
 from replog import __version__
-from replog.server.node import Node, NodeStopped, Unavailable, UnknownOutcome
+from replog.errors import Unavailable, UnknownOutcome
+from replog.server.node import Node
 from replog.statemachines.kv import (
     Compacted,
     Delete,
@@ -122,7 +123,7 @@ class Api:
         except web.HTTPMethodNotAllowed:
             message = f"{request.method} is not allowed on {request.path}"
             return self.error(ApiError(405, "method_not_allowed", message))
-        except (Unavailable, NodeStopped) as error:
+        except Unavailable as error:
             return self.error(ApiError(503, "unavailable", str(error)))
         except UnknownOutcome as error:
             return self.error(ApiError(503, "unknown_outcome", str(error)))
@@ -218,7 +219,7 @@ class Api:
         events = self._events(start, key, prefix)  # a compacted start fails before streaming
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError, NodeStopped):
+        with contextlib.suppress(ConnectionResetError, Unavailable):
             while True:
                 if events:
                     await self._send_events(response, events)

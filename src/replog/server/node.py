@@ -54,6 +54,7 @@ from replog.core import (
     Role,
     Snapshot,
 )
+from replog.errors import Unavailable, UnknownOutcome
 from replog.server.config import node_id_of, parse_address
 from replog.server.metrics import Metrics
 from replog.statemachines.base import StateMachine
@@ -65,15 +66,7 @@ log = logging.getLogger("replog.node")
 REQUEST_ID_BYTES = 16
 
 
-class Unavailable(ReplogError):
-    """The request was certainly not applied (no leader, no quorum, node stopping...)."""
-
-
-class UnknownOutcome(ReplogError):
-    """The command was proposed but its outcome is unknown: it may or may not be applied."""
-
-
-class NodeStopped(ReplogError):
+class NodeStopped(Unavailable):
     """The node has stopped (shut down, or stopped by a storage failure)."""
 
 
@@ -645,7 +638,11 @@ class Node:
         waiting = self._waiting
         for proposal in [*waiting.proposals, *waiting.by_request.values()]:
             if not proposal.future.done():
-                proposal.future.set_exception(error)
+                proposal.future.set_exception(
+                    UnknownOutcome(f"{error}; the write may still apply")
+                    if proposal.proposed
+                    else error
+                )
         batches = [*waiting.reads, *waiting.reads_by_context.values()]
         futures = [f for b in batches for f in b.futures]
         futures += [f for _, fs in waiting.reads_by_index for f in fs]
