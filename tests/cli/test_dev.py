@@ -130,8 +130,11 @@ class FakeStatus(BaseHTTPRequestHandler):
     body: bytes = b""
     status = 200
 
+    agents: list[str] = []
+
     def do_GET(self) -> None:
         assert self.path == "/v1/status"
+        FakeStatus.agents.append(self.headers.get("User-Agent", ""))
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -160,6 +163,7 @@ def test_fetch_leader(status_server: ThreadingHTTPServer) -> None:
     url = f"http://127.0.0.1:{status_server.server_address[1]}"
     FakeStatus.status, FakeStatus.body = 200, header("n2", 3)
     assert fetch_leader(url, 2.0) == Leader("n2", 3)
+    assert FakeStatus.agents[-1] == "replog-dev"
     FakeStatus.status, FakeStatus.body = 503, header(None, 4)
     assert fetch_leader(url, 2.0) is None
     FakeStatus.status, FakeStatus.body = 200, b"not json"
@@ -286,8 +290,8 @@ def test_logs_are_rotated_at_start(tmp_path: Path) -> None:
 
 def test_tail_lines(tmp_path: Path) -> None:
     path = tmp_path / "log"
-    path.write_text("".join(f"line {i}\n" for i in range(100_000)))
-    assert tail_lines(str(path), 2) == ["line 99998", "line 99999"]
+    path.write_text("".join(f"line {i}\n" for i in range(100_000)) + '"GET" "replog-dev"\n')
+    assert tail_lines(str(path), 2) == ["line 99998", "line 99999"]  # own polls left out
     assert "cannot read" in tail_lines(str(tmp_path / "missing"), 2)[0]
 
 

@@ -9,6 +9,7 @@ The runtime (``replog.server.app``) is imported only when the node really starts
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -131,7 +132,7 @@ def serve(config_file: str | None, check_config: bool, output: str, **flags: obj
             click.echo()
         return
     try:
-        from replog.server import app
+        app = importlib.import_module("replog.server.app")
     except ModuleNotFoundError as error:
         if error.name != "replog.server.app":
             raise  # the runtime is there but broken: show the traceback

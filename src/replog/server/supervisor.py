@@ -49,6 +49,7 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 64 << 10
 LOG_ROTATE_BYTES = 16 << 20  # at start, a bigger log moves to <log>.1 (one old log is kept)
 STATUS_BYTES_MAX = 1 << 20
+USER_AGENT = "replog-dev"  # the supervisor's status polls, left out of the log tails it shows
 _PR_SET_PDEATHSIG = 1
 
 
@@ -151,7 +152,8 @@ class Leader:
 def fetch_leader(url: str, timeout_s: float) -> Leader | None:
     """The leader a node reports in its cluster header (``/v1/status``), if it knows one."""
     try:
-        with urllib.request.urlopen(f"{url}/v1/status", timeout=timeout_s) as response:
+        request = urllib.request.Request(f"{url}/v1/status", headers={"User-Agent": USER_AGENT})
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = response.read(STATUS_BYTES_MAX)
     except urllib.error.HTTPError as error:  # a 503 still carries the header
         body = error.read(STATUS_BYTES_MAX)
@@ -194,7 +196,7 @@ class Supervisor:
     cluster: Sequence[NodePlan]
     argv_for: Callable[[NodePlan, Sequence[NodePlan]], list[str]] = serve_argv
     out: Callable[[str], None] = print
-    poll_interval_s: float = 0.5
+    poll_interval_s: float = 1.0
     status_timeout_s: float = 0.5
     stop_timeout_s: float = 10.0
     stop_requests: int = 0
@@ -321,7 +323,8 @@ def rotate_log(path: str, limit_bytes: int) -> None:
 
 
 def tail_lines(path: str, count: int) -> list[str]:
-    """The last ``count`` lines of a file (reading at most its last 64 KiB)."""
+    """The last ``count`` lines of a file (reading at most its last 64 KiB), without the access
+    log lines of the supervisor's own status polls."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -330,7 +333,8 @@ def tail_lines(path: str, count: int) -> list[str]:
             data = handle.read(LOG_TAIL_BYTES)
     except OSError as error:
         return [f"(cannot read {path}: {error.strerror or error})"]
-    return data.decode("utf-8", "replace").splitlines()[-count:]
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [line for line in lines if USER_AGENT not in line][-count:]
 
 
 def _spawn(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
