@@ -76,7 +76,10 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
     )
     options = ApiOptions(config.cluster_id, config.request_bytes_max, limits)
     runner = web.AppRunner(
-        make_app(node, kv, options), handle_signals=False, shutdown_timeout=HTTP_SHUTDOWN_S
+        make_app(node, kv, options),
+        handle_signals=False,
+        shutdown_timeout=HTTP_SHUTDOWN_S,
+        access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.listen_client.host, config.listen_client.port)
