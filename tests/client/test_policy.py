@@ -244,3 +244,13 @@ def test_the_watch_cursor_resumes_after_the_last_event() -> None:
     assert cursor.request().target.endswith("start_revision=8")
     with pytest.raises(ValueError):
         cursor.accept_line(endpoints, URLS[0], b'{"events": 1}\n')
+
+
+def test_outcome_errors_are_the_library_wide_classes() -> None:
+    from replog import errors
+
+    assert issubclass(Unavailable, errors.Unavailable)
+    assert issubclass(UnknownOutcome, errors.UnknownOutcome)
+    assert issubclass(TooLarge, errors.ReplogError)
+    error = Unavailable("no leader", status=503, endpoint="http://a:1")
+    assert str(error) == "unavailable: no leader (http://a:1)"

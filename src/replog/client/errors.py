@@ -3,11 +3,16 @@
 Every error carries the API's ``code``, the HTTP ``status`` (``None`` when no node answered), a
 human-readable ``message``, the cluster ``header`` of the answer (when there was one) and the
 ``endpoint`` that produced it; ``str(error)`` reads ``"<code>: <message> (<endpoint>)"``.
+``Unavailable`` and ``UnknownOutcome`` are also the library-wide classes of ``replog.errors``, so
+one ``except`` clause serves a caller that embeds a node and one that uses the client.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from replog import errors as replog_errors
+from replog.core.errors import ReplogError
 
 if TYPE_CHECKING:
     from replog.client.types import Header
@@ -26,7 +31,7 @@ __all__ = [
 ]
 
 
-class ReplogClientError(Exception):
+class ReplogClientError(ReplogError):
     """Base class of every error the client raises for a failed request."""
 
     default_code = "error"
@@ -95,7 +100,7 @@ class RevisionCompacted(ReplogClientError):
         self.compact_revision = compact_revision
 
 
-class Unavailable(ReplogClientError):
+class Unavailable(ReplogClientError, replog_errors.Unavailable):
     """No leader or no quorum (503 ``unavailable``), or no endpoint reachable (``unreachable``).
 
     A write that fails with this error was certainly not applied.
@@ -104,7 +109,7 @@ class Unavailable(ReplogClientError):
     default_code = "unavailable"
 
 
-class UnknownOutcome(ReplogClientError):
+class UnknownOutcome(ReplogClientError, replog_errors.UnknownOutcome):
     """A write may or may not have been applied, and retries did not settle it in time.
 
     Retrying it again with the same idempotency key is safe.
