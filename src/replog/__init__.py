@@ -1,7 +1,10 @@
 """replog: a replicated log for Python (Raft consensus library and server).
 
-The client is re-exported here (``from replog import Client``) but imported lazily, so that
-``import replog.core`` stays free of the client's HTTP dependencies.
+The public names are re-exported here (``from replog import Client, Node``) but imported lazily,
+so that ``import replog.core`` stays free of the HTTP and server dependencies.
+
+``Unavailable`` and ``UnknownOutcome`` are the library-wide outcome classes of a failed write:
+``Node`` raises them, and the client's errors of the same names are subclasses of them.
 """
 
 from __future__ import annotations
@@ -22,11 +25,30 @@ if TYPE_CHECKING:
         RevisionCompacted,
         ServerError,
         TooLarge,
-        Unavailable,
-        UnknownOutcome,
     )
+    from replog.errors import ReplogError, Unavailable, UnknownOutcome
+    from replog.server.node import Node, NodeOptions, NodeStopped
+    from replog.statemachines.base import StateMachine
 
-__all__ = [
+_HOMES = {
+    "replog.client": (
+        "AsyncClient",
+        "Client",
+        "IdempotencyKeyReused",
+        "InvalidRequest",
+        "KeyNotFound",
+        "ReplogClientError",
+        "RevisionCompacted",
+        "ServerError",
+        "TooLarge",
+    ),
+    "replog.errors": ("ReplogError", "Unavailable", "UnknownOutcome"),
+    "replog.server.node": ("Node", "NodeOptions", "NodeStopped"),
+    "replog.statemachines.base": ("StateMachine",),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = [  # noqa: RUF022 (grouped by home module)
     "AsyncClient",
     "Client",
     "IdempotencyKeyReused",
@@ -36,16 +58,21 @@ __all__ = [
     "RevisionCompacted",
     "ServerError",
     "TooLarge",
+    "ReplogError",
     "Unavailable",
     "UnknownOutcome",
+    "Node",
+    "NodeOptions",
+    "NodeStopped",
+    "StateMachine",
     "__version__",
 ]
-_CLIENT_NAMES = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CLIENT_NAMES:
-        value = getattr(importlib.import_module("replog.client"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'replog' has no attribute {name!r}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'replog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
