@@ -300,6 +300,7 @@ class Api:
         return self.reply({"health": True})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.node.refresh_metrics()
         return web.Response(
             body=self.node.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

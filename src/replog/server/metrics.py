@@ -61,10 +61,21 @@ class Metrics:
             buckets=_RTT_BUCKETS,
             registry=r,
         )
-        self.peer_send_failures = Counter(
-            "replog_network_peer_sent_failures",
-            "Messages to a peer that were dropped",
+        self.peer_send_failures = Gauge(
+            "replog_network_peer_sent_failures_total",
+            "Messages to a peer that were dropped (queue full) or lost on a broken connection",
             ["to"],
+            registry=r,
+        )
+        self.peer_connected = Gauge(
+            "replog_network_peer_connected",
+            "1 while the connection to a peer is up",
+            ["to"],
+            registry=r,
+        )
+        self.inbox_drops = Counter(
+            "replog_network_inbox_dropped",
+            "Inbound messages dropped: the inbox was full",
             registry=r,
         )
 

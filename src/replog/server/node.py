@@ -64,6 +64,7 @@ from replog.transport.tcp import PeerTransport
 log = logging.getLogger("replog.node")
 
 REQUEST_ID_BYTES = 16
+INBOX_MESSAGES_MAX = 100_000
 
 
 class NodeStopped(Unavailable):
@@ -376,6 +377,16 @@ class Node:
     def stopped(self) -> bool:
         return self._stopping or self._failure is not None
 
+    def refresh_metrics(self) -> None:
+        """Copy the transport's per-peer counters into the metrics (before a scrape)."""
+        if self._transport is None:
+            return
+        for peer, stats in self._transport.stats().items():
+            to = self._names.get(peer, str(peer))
+            failures = stats.dropped_messages + stats.send_failures
+            self.metrics.peer_send_failures.labels(to).set(failures)
+            self.metrics.peer_connected.labels(to).set(1 if stats.connected else 0)
+
     def position(self) -> NodePosition:
         raft = self._core()
         return NodePosition(self.leader, raft.term, raft.commit_index, raft.applied_index)
@@ -451,8 +462,10 @@ class Node:
         self._ticked_to += due * self._tick_s
 
     def _on_message(self, message: Message) -> None:
-        if len(self._inbox) < 100_000:
+        if len(self._inbox) < INBOX_MESSAGES_MAX:
             self._inbox.append(message)
+        else:
+            self.metrics.inbox_drops.inc()  # Raft tolerates loss; memory stays bounded
         self._wake.set()
 
     def _on_rtt(self, peer: int, seconds: float) -> None:
@@ -516,9 +529,7 @@ class Node:
             if ready.entries:
                 self.metrics.batch_entries.observe(len(ready.entries))
         for message in ready.messages:
-            if not self._transport.send(message):
-                to = self._names.get(message.receiver, str(message.receiver))
-                self.metrics.peer_send_failures.labels(to).inc()
+            self._transport.send(message)  # a refused message is counted by the transport
         if ready.snapshot is not None:
             self.machine.restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
