@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from replog import __version__
+from replog.cli.bench import bench
 from replog.cli.check import check
 from replog.cli.data import data
 from replog.cli.dev import dev
@@ -29,5 +30,6 @@ main.add_command(check)
 main.add_command(data)
 main.add_command(serve)
 main.add_command(dev)
+main.add_command(bench)
 for command in KV_COMMANDS:
     main.add_command(command)
