@@ -56,6 +56,7 @@ class BenchConfig:
     send_to: SendTo = "all"
     preload: bool = True
     seed: int = 0
+    leader_wait_s: float = LEADER_WAIT_S
 
     def __post_init__(self) -> None:
         adapter(self.target)  # raises ValueError for an unknown target
@@ -210,7 +211,10 @@ async def run_bench_async(
     is called as the workers report, a few times per second."""
     urls = config.endpoints
     if config.send_to == "leader":
-        urls = (await asyncio.to_thread(find_leader, config.target, config.endpoints),)
+        found = await asyncio.to_thread(
+            find_leader, config.target, config.endpoints, config.leader_wait_s
+        )
+        urls = (found,)
     if config.preload and config.workload.reads:
         await _run_phase(_jobs(config, urls, preload=True), None)
     results = await _run_phase(_jobs(config, urls, preload=False), on_progress)

@@ -189,6 +189,15 @@ def _print_table(report: Report) -> None:
     help="all: clients spread over every endpoint; leader: only the leader.",
 )
 @click.option(
+    "--leader-wait",
+    "leader_wait_s",
+    type=click.FloatRange(min=0, max=600),
+    default=15.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --send-to leader: how long to look for the leader.",
+)
+@click.option(
     "--preload/--no-preload",
     default=True,
     show_default=True,
@@ -266,6 +275,7 @@ def _config(options: dict[str, Any]) -> BenchConfig:
             send_to=options["send_to"],
             preload=options["preload"],
             seed=options["seed"],
+            leader_wait_s=options["leader_wait_s"],
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
