@@ -19,6 +19,12 @@ Invariants:
 * Encoding goes through the same schemas, so a message with a value the receiver would
   refuse (a negative term, say) fails at the sender with ``CodecError`` instead.
 
+Snapshot transfer frames (tags 67..69, see ``snapshots.py``): a ``SnapshotHeader`` (the
+InstallSnapshot's fields without the data, plus total size and CRC-32C of the data), then
+``SnapshotChunk`` frames on the dialer's connection, answered by ``SnapshotAck`` frames on the
+same connection, like pongs. They are control frames: a peer that does not know them closes
+the connection as it does for any unknown frame, so the wire version stays 1.
+
 Conversion between the dataclasses and the Structs is done by ``msgspec.convert`` with
 ``from_attributes=True`` in C, field by field by name, which is both the fastest way we
 measured and the one that cannot get the field order wrong.
@@ -45,10 +51,15 @@ from replog.core.types import (
     ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    Snapshot,
+    SnapshotMeta,
     TimeoutNow,
 )
 
 __all__ = [
+    "ACK_DONE",
+    "ACK_PROGRESS",
+    "ACK_REFUSED",
     "FRAME_HEADER",
     "HELLO_BYTES_MAX",
     "MAGIC",
@@ -57,13 +68,20 @@ __all__ = [
     "Hello",
     "Ping",
     "Pong",
+    "SnapshotAck",
+    "SnapshotChunk",
+    "SnapshotHeader",
     "decode_hello",
     "decode_inbound",
     "decode_message",
     "decode_pong",
+    "decode_reply",
+    "encode_chunk",
     "encode_control",
     "encode_message",
     "message_size_bytes",
+    "snapshot_header",
+    "snapshot_message",
 ]
 
 MAGIC: Final = "replog-peer"
@@ -75,6 +93,7 @@ SEQUENCE_ITEMS_MAX: Final = 1 << 20  # entries, proposals or node ids in one mes
 
 # Every integer on the wire: terms, indexes, node ids, sequence numbers.
 U63: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+U32: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)]
 NodeIds: TypeAlias = Annotated[frozenset[U63], msgspec.Meta(max_length=SEQUENCE_ITEMS_MAX)]
 
 
@@ -234,6 +253,44 @@ class Pong(_Wire, frozen=True, tag=66):
     seq: U63
 
 
+class SnapshotHeader(_Wire, frozen=True, tag=67):
+    """Dialer -> receiver: a chunked InstallSnapshot begins (or resumes) as ``attempt``.
+
+    ``attempt`` numbers the headers a sender sent to this receiver; acks and chunks name it.
+    The snapshot is identified by (``meta.index``, ``meta.term``, ``total_bytes``, ``crc``).
+    """
+
+    attempt: U63
+    term: U63
+    sender: U63
+    receiver: U63
+    meta: _SnapshotMeta
+    total_bytes: U63
+    crc: U32  # CRC-32C of the whole snapshot data
+
+
+class SnapshotChunk(_Wire, frozen=True, tag=68):
+    """Dialer -> receiver: ``data`` at ``offset`` of the snapshot of header ``attempt``."""
+
+    attempt: U63
+    offset: U63
+    crc: U32  # CRC-32C of data
+    data: bytes
+
+
+ACK_PROGRESS: Final = 0  # the receiver holds ``offset`` bytes of the snapshot
+ACK_DONE: Final = 1  # the whole snapshot was verified and delivered
+ACK_REFUSED: Final = 2  # the transfer was discarded (damage, CRC mismatch, over the bound)
+
+
+class SnapshotAck(_Wire, frozen=True, tag=69):
+    """Receiver -> dialer, on the connection the header or chunk came on."""
+
+    attempt: U63
+    offset: U63
+    status: Annotated[int, msgspec.Meta(ge=ACK_PROGRESS, le=ACK_REFUSED)]
+
+
 _PAIRS: Final[tuple[tuple[type[Any], type[_Wire]], ...]] = (
     (RequestVote, _RequestVote),
     (RequestVoteResponse, _RequestVoteResponse),
@@ -262,9 +319,10 @@ def _union_decoder(types: tuple[type[msgspec.Struct], ...]) -> msgspec.msgpack.D
 
 
 _MESSAGE_DECODER: Final = _union_decoder(_WIRE_TYPES)
-_INBOUND_DECODER: Final = _union_decoder((*_WIRE_TYPES, Ping))
+_INBOUND_DECODER: Final = _union_decoder((*_WIRE_TYPES, Ping, SnapshotHeader, SnapshotChunk))
 _HELLO_DECODER: Final = msgspec.msgpack.Decoder(Hello)
 _PONG_DECODER: Final = msgspec.msgpack.Decoder(Pong)
+_REPLY_DECODER: Final = _union_decoder((Pong, SnapshotAck))
 
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError)
 
@@ -280,9 +338,28 @@ def encode_message(m: Message) -> bytes:
     return _ENCODER.encode(wire)
 
 
-def encode_control(frame: Hello | Ping | Pong) -> bytes:
+def encode_control(frame: Hello | Ping | Pong | SnapshotHeader | SnapshotAck) -> bytes:
     """The body of one control frame (no length prefix)."""
     return _ENCODER.encode(frame)
+
+
+def encode_chunk(attempt: int, offset: int, crc: int, data: memoryview) -> bytes:
+    """The body of a ``SnapshotChunk`` straight from a slice of the snapshot (no copy of it
+    beyond the body itself): the same msgpack array a SnapshotChunk struct encodes to."""
+    tag = SnapshotChunk.__struct_config__.tag
+    return _ENCODER.encode((tag, attempt, offset, crc, data))
+
+
+def snapshot_header(m: InstallSnapshot, attempt: int, total_bytes: int, crc: int) -> SnapshotHeader:
+    """The header frame announcing ``m`` (without its data)."""
+    meta = msgspec.convert(m.snapshot.meta, _SnapshotMeta, from_attributes=True)
+    return SnapshotHeader(attempt, m.term, m.sender, m.receiver, meta, total_bytes, crc)
+
+
+def snapshot_message(header: SnapshotHeader, data: bytes) -> InstallSnapshot:
+    """The InstallSnapshot a header announced, with its assembled data."""
+    meta = msgspec.convert(header.meta, SnapshotMeta, from_attributes=True)
+    return InstallSnapshot(header.term, header.sender, header.receiver, Snapshot(meta, data))
 
 
 def _to_message(wire: Any) -> Message:
@@ -298,11 +375,15 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
         raise CodecError(f"malformed message: {error}") from None
 
 
-def decode_inbound(data: bytes | bytearray | memoryview) -> Message | Ping:
-    """A frame on an inbound connection after the handshake: a message or a Ping."""
+InboundFrame: TypeAlias = Message | Ping | SnapshotHeader | SnapshotChunk
+
+
+def decode_inbound(data: bytes | bytearray | memoryview) -> InboundFrame:
+    """A frame on an inbound connection after the handshake: a message, a Ping, or a
+    snapshot header or chunk."""
     try:
         wire = _INBOUND_DECODER.decode(data)
-        if type(wire) is Ping:
+        if type(wire) is Ping or type(wire) is SnapshotHeader or type(wire) is SnapshotChunk:
             return wire
         return _to_message(wire)
     except _DECODE_ERRORS as error:
@@ -321,6 +402,15 @@ def decode_pong(data: bytes | bytearray | memoryview) -> Pong:
         return _PONG_DECODER.decode(data)
     except _DECODE_ERRORS as error:
         raise CodecError(f"malformed pong: {error}") from None
+
+
+def decode_reply(data: bytes | bytearray | memoryview) -> Pong | SnapshotAck:
+    """A frame written back on an outbound connection: a Pong or a SnapshotAck."""
+    try:
+        reply: Pong | SnapshotAck = _REPLY_DECODER.decode(data)
+    except _DECODE_ERRORS as error:
+        raise CodecError(f"malformed reply: {error}") from None
+    return reply
 
 
 _FIXED_BYTES: Final = 96  # tag, ints and bools of any message, generously

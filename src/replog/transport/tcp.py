@@ -36,6 +36,10 @@ Invariants and limits:
   are open; a new handshake from a sender replaces that sender's older inbound connection.
 * A connection whose pings go unanswered for ``PONG_TIMEOUT_S`` is dropped and redialed, so a
   peer lost behind a partition is found again by a fresh dial rather than by TCP retransmits.
+* An InstallSnapshot whose data is larger than ``chunk_bytes`` does not enter the queue: it
+  is streamed in chunks beside it, at most one chunk per batch, resumed after a reconnect,
+  and assembled and checked by the receiver before ``on_message`` sees it (``snapshots.py``).
+  A resend of the snapshot in transfer is absorbed; another snapshot replaces it.
 * TCP_NODELAY is set on every socket. ``close()`` aborts every connection, cancels and awaits
   every task, and waits for every socket to be closed, so nothing outlives it.
 """
@@ -53,7 +57,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from replog.core.types import Message
+from replog.core.types import InstallSnapshot, Message
 from replog.transport.codec import (
     FRAME_HEADER,
     HELLO_BYTES_MAX,
@@ -63,12 +67,24 @@ from replog.transport.codec import (
     Hello,
     Ping,
     Pong,
+    SnapshotAck,
+    SnapshotChunk,
+    SnapshotHeader,
     decode_hello,
     decode_inbound,
-    decode_pong,
+    decode_reply,
+    encode_chunk,
     encode_control,
     encode_message,
     message_size_bytes,
+)
+from replog.transport.snapshots import (
+    CHUNK_BYTES_DEFAULT,
+    IDLE_TIMEOUT_S_DEFAULT,
+    SNAPSHOT_BYTES_MAX_DEFAULT,
+    OutgoingSnapshot,
+    SnapshotAssembler,
+    SnapshotKey,
 )
 
 __all__ = ["PeerStats", "PeerTransport"]
@@ -83,8 +99,11 @@ INBOUND_CONNECTIONS_MAX: Final = 256
 FRAMES_PER_TURN: Final = 256
 BATCH_BYTES_MAX: Final = 16 << 20
 PINGS_OUTSTANDING_MAX: Final = 16  # must cover PONG_TIMEOUT_S / PING_INTERVAL_S
-PONG_BYTES_MAX: Final = 64
+PONG_BYTES_MAX: Final = 64  # a pong or a snapshot ack: the only frames written back
 PONG_BUFFER_MAX_BYTES: Final = 64 << 10  # a sender that never reads its pongs gets no more
+CHUNK_FRAME_OVERHEAD_BYTES: Final = 64  # a chunk frame's tag, ints and bin header, generously
+
+ChunkHook = Callable[[int, int, memoryview], bytes | memoryview]
 
 Address = tuple[str, int]
 
@@ -102,6 +121,14 @@ class PeerStats:
     queued_bytes: int
     rtt_s: float | None  # the latest measured round trip
     connect_failures: int = 0  # dial attempts that failed or timed out
+    snapshots_started: int = 0  # chunked snapshot transfers begun
+    snapshots_completed: int = 0  # ... acknowledged as delivered by the peer
+    snapshots_resumed: int = 0  # ... continued after a reconnect from the bytes the peer held
+    snapshots_failed: int = 0  # ... refused by the peer, or without progress for too long
+    snapshots_absorbed: int = 0  # resends of the snapshot in transfer (returned True)
+    snapshots_replaced: int = 0  # transfers given up for a different snapshot
+    snapshot_bytes_sent: int = 0  # chunk data written to the socket, resent bytes included
+    snapshot_in_transfer: bool = False
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -134,6 +161,15 @@ class _Link:
         self.send_failures = 0
         self.connect_failures = 0
         self.rtt_s: float | None = None
+        self.transfer: OutgoingSnapshot | None = None
+        self.snapshot_attempts = 0
+        self.snapshots_started = 0
+        self.snapshots_completed = 0
+        self.snapshots_resumed = 0
+        self.snapshots_failed = 0
+        self.snapshots_absorbed = 0
+        self.snapshots_replaced = 0
+        self.snapshot_bytes_sent = 0
 
     def stats(self) -> PeerStats:
         protocol = self.protocol
@@ -147,6 +183,14 @@ class _Link:
             queued_bytes=self.queued_bytes,
             rtt_s=self.rtt_s,
             connect_failures=self.connect_failures,
+            snapshots_started=self.snapshots_started,
+            snapshots_completed=self.snapshots_completed,
+            snapshots_resumed=self.snapshots_resumed,
+            snapshots_failed=self.snapshots_failed,
+            snapshots_absorbed=self.snapshots_absorbed,
+            snapshots_replaced=self.snapshots_replaced,
+            snapshot_bytes_sent=self.snapshot_bytes_sent,
+            snapshot_in_transfer=self.transfer is not None,
         )
 
 
@@ -233,11 +277,14 @@ class _OutboundProtocol(_Protocol):
             body = bytes(self.buffer[FRAME_HEADER.size : end])
             del self.buffer[:end]
             try:
-                pong = decode_pong(body)
+                reply = decode_reply(body)
             except CodecError as error:
                 self._protocol_error(str(error))
                 return
-            self._owner._on_pong(self._link, pong.seq)
+            if isinstance(reply, Pong):
+                self._owner._on_pong(self._link, reply.seq)
+            else:
+                self._owner._on_snapshot_ack(self._link, self, reply)
 
     def _protocol_error(self, reason: str) -> None:
         logger.warning(
@@ -361,14 +408,17 @@ class _InboundProtocol(_Protocol):
             self._protocol_error(str(error))
             return
         if isinstance(frame, Ping):
-            self._answer(frame)
+            self.reply(Pong(frame.seq))
+        elif isinstance(frame, SnapshotHeader | SnapshotChunk):
+            self._owner._on_snapshot_frame(self.hello, frame, self)
         else:
             self._owner._deliver(self.hello, frame, self)
 
-    def _answer(self, ping: Ping) -> None:
+    def reply(self, frame: Pong | SnapshotAck) -> None:
+        """Write a pong or an ack back, unless the dialer stopped reading them."""
         assert self.transport is not None
         if self.transport.get_write_buffer_size() < PONG_BUFFER_MAX_BYTES:
-            body = encode_control(Pong(ping.seq))
+            body = encode_control(frame)
             self.transport.write(FRAME_HEADER.pack(len(body)) + body)
 
     def _on_hello(self, body: memoryview) -> None:
@@ -409,6 +459,9 @@ class PeerTransport:
         connect_timeout_s: float = 1.0,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        chunk_bytes: int = CHUNK_BYTES_DEFAULT,
+        snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX_DEFAULT,
+        snapshot_idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
     ) -> None:
         _check_arguments(
             node_id=node_id,
@@ -419,6 +472,9 @@ class PeerTransport:
             connect_timeout_s=connect_timeout_s,
             backoff_initial_s=backoff_initial_s,
             backoff_max_s=backoff_max_s,
+            chunk_bytes=chunk_bytes,
+            snapshot_bytes_max=snapshot_bytes_max,
+            snapshot_idle_timeout_s=snapshot_idle_timeout_s,
         )
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -442,6 +498,14 @@ class PeerTransport:
         self._inbound: set[_InboundProtocol] = set()
         self.unknown_receiver_drops = 0  # send() calls for a node that is not a peer
         self.misaddressed_drops = 0  # received messages not for this node or not from the sender
+        # A chunk frame must fit the frame limit; a smaller frame limit makes smaller chunks.
+        self._chunk_bytes = max(1, min(chunk_bytes, frame_max_bytes - CHUNK_FRAME_OVERHEAD_BYTES))
+        self._snapshot_idle_timeout_s = snapshot_idle_timeout_s
+        self.snapshots = SnapshotAssembler(node_id, snapshot_bytes_max, snapshot_idle_timeout_s)
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        # For fault-injection tests: rewrites a chunk (peer id, offset, data) after its CRC-32C
+        # was computed, so the receiver sees it damaged.
+        self.chunk_hook: ChunkHook | None = None
         self.set_peers(peers)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -465,12 +529,15 @@ class PeerTransport:
         self._listen_address = (str(bound[0]), int(bound[1]))
         for link in self._links.values():
             self._start_link(link)
+        self._schedule_sweep()
 
     async def close(self) -> None:
         """Close the listener, every connection and every task; return once all are gone."""
         if self._closed:
             return
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
         if self._server is not None:
             self._server.close()
         for link in self._links.values():
@@ -494,6 +561,8 @@ class PeerTransport:
         if link is None:
             self.unknown_receiver_drops += 1
             return False
+        if type(m) is InstallSnapshot and len(m.snapshot.data) > self._chunk_bytes:
+            return self._send_snapshot(link, m)
         size = message_size_bytes(m)
         if (
             self._closed
@@ -507,6 +576,29 @@ class PeerTransport:
         link.wakeup.set()
         return True
 
+    def _send_snapshot(self, link: _Link, m: InstallSnapshot) -> bool:
+        """Start streaming ``m`` in chunks, or absorb a resend of the one in transfer."""
+        if self._closed:
+            link.dropped_messages += 1
+            return False
+        key = SnapshotKey.of(m.snapshot)
+        transfer = link.transfer
+        if transfer is not None and transfer.same_send(m, key):
+            link.snapshots_absorbed += 1
+            return True
+        if transfer is not None:
+            link.snapshots_replaced += 1
+            logger.info(
+                "snapshot at index %d to peer %d replaced by the one at index %d",
+                transfer.key.index,
+                link.peer_id,
+                key.index,
+            )
+        link.transfer = OutgoingSnapshot(m, key, self._chunk_bytes, time.monotonic())
+        link.snapshots_started += 1
+        link.wakeup.set()
+        return True
+
     def set_peers(self, peers: Mapping[int, Address]) -> None:
         """Add, remove and re-address peers. A removed peer's queued messages are discarded;
         a re-addressed peer keeps its queue and is dialed again at its new address."""
@@ -516,6 +608,7 @@ class PeerTransport:
             removed = self._links.pop(peer_id)
             if removed.task is not None:
                 removed.task.cancel()
+            self.snapshots.forget(peer_id)
         for peer_id, address in wanted.items():
             link = self._links.get(peer_id)
             if link is None:
@@ -557,6 +650,8 @@ class PeerTransport:
                     protocol.abort()
                     if link.protocol is protocol:
                         link.protocol = None
+                    if link.transfer is not None:
+                        link.transfer.on_disconnect()
                 failures = 0 if link.healthy else failures + 1
             else:
                 link.connect_failures += 1
@@ -602,11 +697,12 @@ class PeerTransport:
         assert transport is not None
         try:
             while not protocol.closing:
-                if not link.queue and not link.ping_due:
+                if not link.queue and not link.ping_due and not _snapshot_due(link):
                     link.wakeup.clear()
                     await link.wakeup.wait()
                     continue
                 batch, count = self._take_batch(link)
+                self._add_snapshot_frame(link, batch)
                 transport.write(batch)
                 try:
                     await protocol.drain()
@@ -668,6 +764,77 @@ class PeerTransport:
             count += 1
         return batch, count
 
+    def _add_snapshot_frame(self, link: _Link, batch: bytearray) -> None:
+        """Add the snapshot transfer's due frame to a batch: its header or one chunk."""
+        transfer = link.transfer
+        if transfer is None:
+            return
+        if transfer.header_due():
+            link.snapshot_attempts += 1
+            body = encode_control(transfer.header(link.snapshot_attempts))
+        elif transfer.chunk_due():
+            offset, data, crc = transfer.next_chunk()
+            if self.chunk_hook is not None:
+                data = memoryview(self.chunk_hook(link.peer_id, offset, data))
+            body = encode_chunk(transfer.attempt, offset, crc, data)
+            link.snapshot_bytes_sent += len(data)
+        else:
+            return
+        batch += FRAME_HEADER.pack(len(body))
+        batch += body
+
+    def _on_snapshot_ack(self, link: _Link, protocol: _OutboundProtocol, ack: SnapshotAck) -> None:
+        transfer = link.transfer
+        if transfer is None or link.protocol is not protocol:
+            return
+        outcome = transfer.on_ack(ack, time.monotonic())
+        if outcome == "stale":
+            return
+        index = transfer.key.index
+        if outcome == "resumed":
+            link.snapshots_resumed += 1
+            logger.info(
+                "resuming the snapshot at index %d to peer %d at byte %d of %d",
+                index,
+                link.peer_id,
+                ack.offset,
+                transfer.key.total_bytes,
+            )
+        elif outcome == "done":
+            link.transfer = None
+            link.snapshots_completed += 1
+            link.sent_messages += 1
+        elif outcome == "refused":
+            link.transfer = None
+            link.snapshots_failed += 1
+            logger.warning("peer %d refused the snapshot at index %d", link.peer_id, index)
+        link.wakeup.set()
+
+    def _schedule_sweep(self) -> None:
+        interval_s = min(1.0, self._snapshot_idle_timeout_s / 4)
+        loop = asyncio.get_running_loop()
+        self._sweep_timer = loop.call_later(interval_s, self._sweep_snapshots)
+
+    def _sweep_snapshots(self) -> None:
+        """Drop snapshot transfers, both ways, without progress for the idle timeout."""
+        if self._closed:
+            return
+        now_s = time.monotonic()
+        self.snapshots.expire(now_s)
+        timeout_s = self._snapshot_idle_timeout_s
+        for link in self._links.values():
+            transfer = link.transfer
+            if transfer is not None and now_s - transfer.progress_s > timeout_s:
+                logger.warning(
+                    "giving up the snapshot at index %d to peer %d: no progress for %s s",
+                    transfer.key.index,
+                    link.peer_id,
+                    timeout_s,
+                )
+                link.transfer = None
+                link.snapshots_failed += 1
+        self._schedule_sweep()
+
     def _add_ping(self, link: _Link, batch: bytearray) -> None:
         link.ping_seq += 1
         pings = link.pings_sent_ns
@@ -718,6 +885,22 @@ class PeerTransport:
                 logger.info("peer %d redialed; closing its older connection", sender)
                 other.abort()
 
+    def _on_snapshot_frame(
+        self, hello: Hello, frame: SnapshotHeader | SnapshotChunk, protocol: _InboundProtocol
+    ) -> None:
+        now_s = time.monotonic()
+        if isinstance(frame, SnapshotHeader):
+            if frame.receiver != self.node_id or frame.sender != hello.sender:
+                self.misaddressed_drops += 1
+                return
+            protocol.reply(self.snapshots.on_header(frame, now_s))
+            return
+        ack, message = self.snapshots.on_chunk(hello.sender, frame, now_s)
+        if message is not None:
+            self._deliver(hello, message, protocol)
+        if ack is not None:
+            protocol.reply(ack)
+
     def _deliver(self, hello: Hello, m: Message, protocol: _InboundProtocol) -> None:
         if m.receiver != self.node_id or m.sender != hello.sender:
             self.misaddressed_drops += 1
@@ -736,14 +919,30 @@ def _check_arguments(**values: Any) -> None:
     cluster_id = values["cluster_id"]
     if not isinstance(cluster_id, str) or not 0 < len(cluster_id) <= 256:
         raise ValueError("cluster_id must be a non-empty str of at most 256 characters")
-    for name in ("queue_max_messages", "queue_max_bytes", "frame_max_bytes"):
+    for name in (
+        "queue_max_messages",
+        "queue_max_bytes",
+        "frame_max_bytes",
+        "chunk_bytes",
+        "snapshot_bytes_max",
+    ):
         if values[name] < 1:
             raise ValueError(f"{name} must be positive, not {values[name]!r}")
-    for name in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
+    for name in (
+        "connect_timeout_s",
+        "backoff_initial_s",
+        "backoff_max_s",
+        "snapshot_idle_timeout_s",
+    ):
         if not values[name] > 0:
             raise ValueError(f"{name} must be positive, not {values[name]!r}")
     if values["backoff_max_s"] < values["backoff_initial_s"]:
         raise ValueError("backoff_max_s must be at least backoff_initial_s")
+
+
+def _snapshot_due(link: _Link) -> bool:
+    transfer = link.transfer
+    return transfer is not None and (transfer.header_due() or transfer.chunk_due())
 
 
 def _check_peer(peer_id: int, address: Address) -> Address:
