@@ -84,9 +84,11 @@ class Cluster:
         ids: list[int],
         seed: int = 1,
         states: Mapping[int, PersistentState] | None = None,
+        voters: Iterable[int] | None = None,
         **config: object,
     ) -> None:
-        self.membership = Configuration(voters=frozenset(ids))
+        # Nodes outside ``voters`` start as outsiders that a membership change may add.
+        self.membership = Configuration(voters=frozenset(ids if voters is None else voters))
         self.config = config
         self.rng = random.Random(seed)
         self.durable = {i: Durable() for i in ids}

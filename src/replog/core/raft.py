@@ -28,13 +28,18 @@ Rules and where they come from:
 * Reads (thesis 6.4): ReadIndex with a heartbeat round (see ``readonly``); lease reads as an
   opt-in that trusts check-quorum plus a clock drift bound.
 
-Membership changes are not implemented yet; the configuration is a value held here and every
-quorum decision goes through ``JointConfig``.
+* Membership (thesis 4.1-4.2): single-server changes. A CONFIG entry holds the whole new
+  configuration; each node uses the latest one in its log, committed or not, and reverts if the
+  entry is cut away. A leader proposes a change only when the previous one is committed and it
+  has committed an entry of its own term (the fix for changes across elections). A leader that
+  removed itself steps down once the change commits; a node that is not a voter never campaigns.
+  Every quorum decision goes through ``JointConfig``.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from replog.core.errors import NotLeader, ProposalDropped, ReplogError, UncommittedLogFull
@@ -68,6 +73,8 @@ from replog.core.types import (
     SnapshotMeta,
     SoftState,
     TimeoutNow,
+    decode_config,
+    encode_config,
 )
 
 
@@ -120,7 +127,11 @@ class RaftNode:
         self.term = hard.term
         self.voted_for = hard.voted_for
         self.log = RaftLog(state.snapshot, state.entries, hard.commit_index)
-        self.membership = state.snapshot.meta.config if state.snapshot else membership
+        # The configuration at the log's offset, then every CONFIG entry after it: the one in
+        # effect is the latest in the log, committed or not (thesis 4.1).
+        self._base_config = state.snapshot.meta.config if state.snapshot else membership
+        self._config_entries: list[tuple[int, int, Configuration]] = []
+        self.membership = self._base_config
         self._quorum = JointConfig.of(self.membership.voters, self.membership.voters_outgoing)
         self.role = Role.FOLLOWER
         self.leader_id = NO_NODE
@@ -148,6 +159,7 @@ class RaftNode:
         self._prev_hard = hard
         self._prev_soft = SoftState(self.role, self.leader_id)
         self._reset_election_timeout()
+        self._track_config_entries(self.log.entries)
 
     # ---- read-only views -------------------------------------------------------------------
 
@@ -180,6 +192,11 @@ class RaftNode:
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         return self.log.slice(lo, hi)
+
+    @property
+    def membership_pending(self) -> bool:
+        """Whether the latest configuration entry is not yet committed."""
+        return bool(self._config_entries) and self._config_entries[-1][0] > self.log.commit_index
 
     def hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for, self.log.commit_index)
@@ -439,6 +456,7 @@ class RaftNode:
             m.prev_log_index, m.prev_log_term, m.leader_commit, m.entries
         )
         if last_new is not None:
+            self._track_config_entries(m.entries)
             self._send(
                 AppendEntriesResponse(self.term, self.node_id, m.sender, True, match_index=last_new)
             )
@@ -467,8 +485,9 @@ class RaftNode:
                 self.log.commit_to(meta.index)  # our log already holds it: just move on
             else:
                 self.log.restore(m.snapshot)
-                self.membership = meta.config
-                self._quorum = JointConfig.of(meta.config.voters, meta.config.voters_outgoing)
+                self._base_config = meta.config
+                self._config_entries = []
+                self._set_membership(meta.config)
         match = self.log.commit_index
         self._send(AppendEntriesResponse(self.term, self.node_id, m.sender, True, match))
 
@@ -523,7 +542,9 @@ class RaftNode:
         pr.recent_active = True
         pr.on_heartbeat_response(m.read_seq)
         if pr.match_index < self.log.last_index():
-            self._send_append(m.sender)
+            # A probe goes out even when it carries no entries: its consistency check is what
+            # tells us where the follower's log ends (a new member starts with nothing).
+            self._send_append(m.sender, send_if_empty=pr.state is ProgressState.PROBE)
         if m.read_seq:
             self._reads.ack(m.sender, m.read_seq)
             self._record_lease_ack(m.sender, m.read_seq)
@@ -541,6 +562,9 @@ class RaftNode:
         assert self._uncommitted_bytes >= 0
         self.log.commit_to(index)
         self._on_commit_in_term()
+        if not self.membership.is_voter(self.node_id) and not self.membership_pending:
+            # Our removal is committed: stop leading a cluster we are not part of (thesis 4.2.2).
+            self._become_follower(self.term, NO_NODE)
         return True
 
     def _send_append(self, to: NodeId, send_if_empty: bool = False) -> None:
@@ -712,6 +736,73 @@ class RaftNode:
         else:
             self._send_append(to)
 
+    # ---- membership changes (Raft thesis 4.1, 4.2) ---------------------------------------------
+
+    def propose_membership(self, config: Configuration, context: bytes = b"") -> int:
+        """Propose a new configuration that adds, promotes or removes at most one voter (and any
+        learners); ``context`` travels in the entry for the application. It takes effect on
+        each node as soon as the entry is in its log. Returns the entry's index."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._transferee != NO_NODE:
+            raise ProposalDropped(f"leadership is being transferred to node {self._transferee}")
+        if self.membership_pending:
+            raise ProposalDropped("a membership change is still uncommitted")
+        if self.log.term(self.log.commit_index) != self.term:
+            # Without this, changes across leader elections can break overlap (the single-server
+            # change fix: a leader first commits an entry of its own term).
+            raise ProposalDropped("this leader has not committed an entry of its term yet")
+        _check_change(self.membership, config)
+        data = encode_config(config, context)
+        entry = Entry(self.log.last_index() + 1, self.term, EntryKind.CONFIG, data)
+        self.log.append([entry])
+        self._track_config_entries([entry])
+        self._broadcast_pending = True
+        return entry.index
+
+    def _track_config_entries(self, entries: Sequence[Entry]) -> None:
+        """Keep ``_config_entries`` equal to the CONFIG entries of the log after it changed
+        (entries appended, possibly replacing a conflicting suffix), and switch to the latest."""
+        log = self.log
+        kept = [c for c in self._config_entries if log.term(c[0]) == c[1]]
+        changed = len(kept) != len(self._config_entries)
+        for entry in entries:
+            if entry.kind is not EntryKind.CONFIG or log.term(entry.index) != entry.term:
+                continue
+            if kept and entry.index <= kept[-1][0]:
+                continue
+            config, _ = decode_config(entry.data)
+            kept.append((entry.index, entry.term, config))
+            changed = True
+        if changed:
+            self._config_entries = kept
+            self._set_membership(kept[-1][2] if kept else self._base_config)
+
+    def _config_at(self, index: int) -> Configuration:
+        config = self._base_config
+        for config_index, _, entry_config in self._config_entries:
+            if config_index > index:
+                break
+            config = entry_config
+        return config
+
+    def _set_membership(self, config: Configuration) -> None:
+        self.membership = config
+        self._quorum = JointConfig.of(config.voters, config.voters_outgoing)
+        if self.role is not Role.LEADER:
+            return
+        for member in config.members():
+            if member not in self.progress:
+                self.progress[member] = Progress(
+                    self.log.last_index() + 1, self.config.max_inflight_messages
+                )
+        for member in list(self.progress):
+            if member != self.node_id and member not in config.members():
+                del self.progress[member]
+                self._ack_tick.pop(member, None)
+        if self._transferee != NO_NODE and not config.is_voter(self._transferee):
+            self._transferee = NO_NODE
+
     # ---- snapshots ---------------------------------------------------------------------------
 
     def snapshot_meta(self, index: int) -> SnapshotMeta:
@@ -723,7 +814,7 @@ class RaftNode:
                 f"cannot snapshot at {index}: applied index is {self.log.applied_index} and the "
                 f"log holds {self.log.offset}..{self.log.last_index()}"
             )
-        return SnapshotMeta(index, term, self.membership)
+        return SnapshotMeta(index, term, self._config_at(index))
 
     def compact(self, snapshot: Snapshot, keep_entries: int = 0) -> None:
         """The application saved ``snapshot`` (at an applied index); drop the log before it,
@@ -736,6 +827,9 @@ class RaftNode:
         if self.log.term(meta.index) not in (None, meta.term) or not meta.config.voters:
             raise ReplogError("snapshot metadata does not match the log; use snapshot_meta()")
         self.log.compact(snapshot, keep_entries)
+        offset = self.log.offset
+        self._base_config = self._config_at(offset)
+        self._config_entries = [c for c in self._config_entries if c[0] > offset]
 
     # ---- Ready -------------------------------------------------------------------------------
 
@@ -812,3 +906,19 @@ class RaftNode:
             own = self.progress[self.node_id]
             if own.maybe_update(self.log.stable_index) and self._maybe_commit():
                 self._broadcast_pending = True
+
+
+def _check_change(current: Configuration, new: Configuration) -> None:
+    """A single-server change (thesis 4.1): majorities of the old and new voter sets overlap."""
+    if new.voters_outgoing:
+        raise ReplogError("joint configurations cannot be proposed directly")
+    if not new.voters:
+        raise ReplogError("a configuration needs at least one voter")
+    if new.voters & new.learners:
+        raise ReplogError("a node cannot be both a voter and a learner")
+    if any(node <= 0 for node in new.members()):
+        raise ReplogError("node ids are positive integers")
+    if len(new.voters ^ current.voters) > 1:
+        raise ReplogError("a change may add, promote or remove at most one voter at a time")
+    if new == current:
+        raise ReplogError("the configuration is unchanged")

@@ -11,6 +11,7 @@ Node ids are positive integers; ``NO_NODE`` (0) stands for "nobody" (no vote, no
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 NodeId = int
@@ -22,7 +23,7 @@ class EntryKind(enum.IntEnum):
 
     NORMAL = 0
     NOOP = 1  # appended by a new leader when it takes office (Raft section 5.4.2, 8)
-    CONFIG = 2  # a membership change (reserved for the membership issue)
+    CONFIG = 2  # a membership change: the whole new configuration (``encode_config``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,50 @@ class Configuration:
 
     def is_voter(self, node_id: NodeId) -> bool:
         return node_id in self.voters or node_id in self.voters_outgoing
+
+    def with_learner(self, node_id: NodeId) -> Configuration:
+        """``node_id`` added as a learner (it receives the log but neither votes nor counts)."""
+        return Configuration(
+            self.voters - {node_id}, self.voters_outgoing, self.learners | {node_id}
+        )
+
+    def with_voter(self, node_id: NodeId) -> Configuration:
+        """``node_id`` added as a voter, or promoted from learner to voter."""
+        return Configuration(
+            self.voters | {node_id}, self.voters_outgoing, self.learners - {node_id}
+        )
+
+    def without(self, node_id: NodeId) -> Configuration:
+        return Configuration(
+            self.voters - {node_id}, self.voters_outgoing, self.learners - {node_id}
+        )
+
+
+def encode_config(config: Configuration, context: bytes = b"") -> bytes:
+    """The data of a CONFIG entry: the whole new configuration, plus an opaque ``context`` the
+    application may use (for example the new member's addresses). JSON from the standard
+    library, so the core needs no codec."""
+    assert not config.voters_outgoing, "joint configurations are not proposed as entries"
+    body = {
+        "voters": sorted(config.voters),
+        "learners": sorted(config.learners),
+        "context": context.hex(),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_config(data: bytes) -> tuple[Configuration, bytes]:
+    """Inverse of ``encode_config``; raises ValueError on anything else."""
+    try:
+        body = json.loads(data)
+        voters = frozenset(int(v) for v in body["voters"])
+        learners = frozenset(int(v) for v in body["learners"])
+        context = bytes.fromhex(body["context"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a configuration entry: {error}") from None
+    if voters & learners or any(n <= 0 for n in voters | learners):
+        raise ValueError("a configuration's voters and learners must be distinct positive ids")
+    return Configuration(voters=voters, learners=learners), context
 
 
 @dataclass(frozen=True, slots=True)
