@@ -63,6 +63,19 @@ _OPTIONS = [
         "NAME=HOST:PORT,...",
         "Every member's name and advertised peer address. [default: this node alone]",
     ),
+    _flag(
+        "--initial-cluster-state",
+        "new|existing",
+        "new: the initial cluster starts together; existing: join a running cluster (list its "
+        "members and this node in --initial-cluster; add it with replog member add). "
+        "[default: new]",
+    ),
+    click.option(
+        "--auto-promote/--no-auto-promote",
+        default=None,
+        help="As leader, promote learners to voters once they have caught up (unless added "
+        "with --learner). [default: on]",
+    ),
     _flag("--tick-ms", "MS", "Raft clock tick. [default: 10]"),
     _flag("--heartbeat-ms", "MS", "Leader heartbeat interval. [default: 50]"),
     _flag(

@@ -63,6 +63,9 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         cluster_id=config.cluster_id,
         listen_peer=str(config.listen_peer),
         options=node_options(config),
+        client_url=config.advertise_client,
+        join=config.initial_cluster_state == "existing",
+        auto_promote=config.auto_promote,
     )
     try:
         await node.start()

@@ -54,6 +54,7 @@ DEFAULT_DATA_ROOT = "./replog-data"
 DEFAULT_CLIENT_PORT = 14300
 DEFAULT_PEER_PORT = 14400
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CLUSTER_STATES = ("new", "existing")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -99,6 +100,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     listen_peer: Address
     advertise_peer: Address
     initial_cluster: tuple[Member, ...]
+    initial_cluster_state: str = "new"
+    auto_promote: bool = True
     tick_ms: int = 10
     heartbeat_ms: int = 50
     election_timeout_ms: int = 500
@@ -289,7 +292,15 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "value_bytes_max": (1, 16 << 20),
     "request_bytes_max": (1, 16 << 20),
 }
-_TEXT_FIELDS = ("name", "cluster_id", "data_dir", "advertise_client", "log_level")
+_TEXT_FIELDS = (
+    "name",
+    "cluster_id",
+    "data_dir",
+    "advertise_client",
+    "log_level",
+    "initial_cluster_state",
+)
+_BOOL_FIELDS = ("lease_reads", "auto_promote")
 _ADDRESS_FIELDS = {
     "listen_client": "client",
     "listen_peer": "peer",
@@ -317,14 +328,14 @@ class Resolved:
 
 def _convert(field: str, raw: _Raw) -> object:
     value = raw.value
-    if raw.typed and isinstance(value, str) and (field in _INT_RANGES or field == "lease_reads"):
+    if raw.typed and isinstance(value, str) and (field in _INT_RANGES or field in _BOOL_FIELDS):
         raise ValueError(
-            f"expected {'a boolean' if field == 'lease_reads' else 'an integer'}, "
+            f"expected {'a boolean' if field in _BOOL_FIELDS else 'an integer'}, "
             f"got a string {value!r} (write it without quotes)"
         )
     if field in _INT_RANGES:
         return _convert_int(field, value)
-    if field == "lease_reads":
+    if field in _BOOL_FIELDS:
         return _convert_bool(value)
     if field in _ADDRESS_FIELDS:
         if isinstance(value, Address):
@@ -343,6 +354,13 @@ def _convert(field: str, raw: _Raw) -> object:
     if field == "log_level":
         if text.lower() not in LOG_LEVELS:
             raise ValueError(f"unknown log level {text!r} (one of {', '.join(LOG_LEVELS)})")
+        return text.lower()
+    if field == "initial_cluster_state":
+        if text.lower() not in CLUSTER_STATES:
+            raise ValueError(
+                f"unknown cluster state {text!r}: 'new' (bootstrap with the initial cluster) or "
+                "'existing' (join a running cluster)"
+            )
         return text.lower()
     if not text:
         raise ValueError("empty path")
@@ -660,6 +678,12 @@ def _check_cluster(
     elif me.peer != values["advertise_peer"]:
         problems.append(
             f"{where}: lists {me.name} at {me.peer}, but {at('advertise_peer')}; they must agree"
+        )
+    if values.get("initial_cluster_state") == "existing" and len(members) < 2:
+        problems.append(
+            f"{where}: to join an existing cluster (initial_cluster_state "
+            f"({sources['initial_cluster_state']}) = existing), list its members besides this "
+            "node, so it can reach them"
         )
 
 

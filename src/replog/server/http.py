@@ -5,6 +5,11 @@ the log and never applies half a request. Writes go through ``Node.propose`` (a 
 proposals travel to the leader through the Raft log); linearizable reads first pass
 ``Node.read_barrier``; stale reads answer from this node's applied state. Every JSON body
 carries the cluster header.
+
+Membership and leadership requests (``/v1/members``, ``/v1/leader/transfer``) are served by the
+leader: another node forwards them over HTTP to the leader's client URL (from the member
+registry) once, marked with ``X-Replog-Forwarded``, and relays the answer; a request that was
+already forwarded is never forwarded again (503 ``unavailable``: the client retries).
 """
 
 from __future__ import annotations
@@ -13,17 +18,22 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
 from replog import __version__
+from replog.core import NotLeader, ReplogError
 from replog.errors import Unavailable, UnknownOutcome
-from replog.server.node import Node
+from replog.server.config import parse_address
+from replog.server.members import MemberInfo
+from replog.server.node import MembershipError, MemberStatus, Node, NodeOptions
 from replog.statemachines.kv import (
     Compacted,
     Delete,
@@ -54,6 +64,10 @@ RANGE_LIMIT_DEFAULT = 1_000
 WATCH_KEEPALIVE_S = 5.0
 WATCH_BATCH_EVENTS = 1_000
 IDEMPOTENCY_KEY_BYTES_MAX = 128
+FORWARDED_HEADER = "X-Replog-Forwarded"
+FORWARD_ANSWER_BYTES_MAX = 4 << 20
+FORWARD_EXTRA_S = 5.0  # the forwarding node waits this much longer than the leader would
+MEMBER_FIELDS = frozenset({"name", "peer_url", "client_url", "learner"})
 _CONSISTENCY = ("linearizable", "lease", "stale")
 _ENCODER = msgspec.json.Encoder()
 
@@ -85,6 +99,12 @@ class Api:
         self.node = node
         self.kv = kv
         self.options = options
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self, app: web.Application | None = None) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -127,6 +147,12 @@ class Api:
             return self.error(ApiError(503, "unavailable", str(error)))
         except UnknownOutcome as error:
             return self.error(ApiError(503, "unknown_outcome", str(error)))
+        except MembershipError as error:
+            return self.error(ApiError(error.status, error.code, str(error)))
+        except NotLeader as error:
+            return self.error(ApiError(503, "unavailable", str(error)))
+        except ReplogError as error:  # the core refused a request as invalid
+            return self.error(ApiError(400, "invalid_request", str(error)))
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -299,6 +325,114 @@ class Api:
             return self.reply({"health": False, "reason": "no leader is known"}, 503)
         return self.reply({"health": True})
 
+    # ---- membership and leadership (served by the leader) ------------------------------------
+
+    async def members(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        if not self.node.is_leader and FORWARDED_HEADER not in request.headers:
+            with contextlib.suppress(ApiError):
+                return await self._forward(request, b"")
+        return self.reply({"members": [_member_json(m) for m in self.node.members()]})
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        body = await request.read()
+        fields = _json_object(body, MEMBER_FIELDS)
+        name = _text_field(fields, "name")
+        peer, client = _text_field(fields, "peer_url"), _text_field(fields, "client_url")
+        learner = fields.get("learner", False)
+        if not isinstance(learner, bool):
+            raise ApiError(400, "invalid_request", "learner must be true or false")
+        try:
+            info = await self.node.add_member(name, peer, client, learner=learner)
+        except NotLeader:
+            return await self._forward(request, body)
+        argv = join_argv(self.node, info, self.options.cluster_id)
+        return self.reply(
+            {
+                "member": _member_json(self._member_status(info)),
+                "command": shlex.join(argv),
+                "argv": argv,
+            }
+        )
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        query = _query(request, ("force",))
+        force = _bool_param(query, "force")
+        name = request.match_info["name"]
+        try:
+            info = await self.node.remove_member(name, force=force)
+        except NotLeader:
+            return await self._forward(request, b"")
+        return self.reply({"removed": {"id": info.name, "peer_url": info.peer}})
+
+    async def promote_member(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        try:
+            info = await self.node.promote_member(request.match_info["name"])
+        except NotLeader:
+            return await self._forward(request, b"")
+        return self.reply({"member": _member_json(self._member_status(info))})
+
+    async def transfer_leader(self, request: web.Request) -> web.Response:
+        _query(request, ())
+        body = await request.read()
+        fields = _json_object(body, frozenset({"to"})) if body.strip() else {}
+        to = fields.get("to")
+        if to is not None and not isinstance(to, str):
+            raise ApiError(400, "invalid_request", "to must be a member name or null")
+        timeout_s = self.node.options.request_timeout_ms / 1000
+        try:
+            leader = await self.node.transfer_leadership(to, timeout_s=timeout_s)
+        except NotLeader:
+            return await self._forward(request, body)
+        return self.reply({"leader_id": leader})
+
+    def _member_status(self, info: MemberInfo) -> MemberStatus:
+        for member in self.node.members():
+            if member.name == info.name:
+                return member
+        return MemberStatus(
+            info.name, info.node_id, info.peer, info.client, "removed", False, info.promote,
+            None, None, None,
+        )  # fmt: skip
+
+    async def _forward(self, request: web.Request, body: bytes) -> web.Response:
+        """Relay ``request`` to the leader's client URL and its answer back."""
+        if FORWARDED_HEADER in request.headers:
+            raise ApiError(503, "unavailable", "this node is not the leader either; retry")
+        leader = self.node.leader
+        if leader is None:
+            raise ApiError(503, "unavailable", "no leader is known; retry")
+        info = self.node.member(leader)
+        if info is None or not info.client:
+            message = f"the client URL of the leader {leader} is not known yet; retry"
+            raise ApiError(503, "unavailable", message)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        timeout_s = self.node.options.request_timeout_ms / 1000 + FORWARD_EXTRA_S
+        url = info.client + request.path_qs
+        headers = {FORWARDED_HEADER: self.node.name, "Content-Type": "application/json"}
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                data=body or None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as answer:
+                data = await answer.content.read(FORWARD_ANSWER_BYTES_MAX)
+                status = answer.status
+        except aiohttp.ClientConnectorError as error:
+            raise ApiError(
+                503, "unavailable", f"cannot reach the leader {leader}: {error}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            code = "unavailable" if request.method == "GET" else "unknown_outcome"
+            message = f"the leader {leader} did not answer: {error or 'timeout'}"
+            raise ApiError(503, code, message) from None
+        return web.Response(body=data, status=status, content_type="application/json")
+
     async def metrics(self, request: web.Request) -> web.Response:
         self.node.refresh_metrics()
         return web.Response(
@@ -317,12 +451,95 @@ def make_app(node: Node, kv: KVStore, options: ApiOptions) -> web.Application:
     app.router.add_post("/v1/txn", api.txn)
     app.router.add_get("/v1/watch", api.watch)
     app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/v1/members", api.members)
+    app.router.add_post("/v1/members", api.add_member)
+    app.router.add_delete("/v1/members/{name}", api.remove_member)
+    app.router.add_post("/v1/members/{name}/promote", api.promote_member)
+    app.router.add_post("/v1/leader/transfer", api.transfer_leader)
+    app.on_cleanup.append(api.close)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     return app
 
 
+def join_argv(node: Node, info: MemberInfo, cluster_id: str) -> list[str]:
+    """The ``replog serve`` command line that starts the new member ``info`` and joins it."""
+    members = {m.name: m.peer for m in node.members() if m.peer}
+    members[info.name] = info.peer
+    initial = ",".join(f"{name}={peer}" for name, peer in sorted(members.items()))
+    argv = ["replog", "serve", "--name", info.name]
+    if cluster_id != "replog":
+        argv += ["--cluster-id", cluster_id]
+    argv += [
+        "--listen-client", str(parse_address(info.client, "client")),
+        "--listen-peer", info.peer,
+        "--initial-cluster", initial,
+        "--initial-cluster-state", "existing",
+    ]  # fmt: skip
+    defaults, options = NodeOptions(), node.options
+    for setting in (
+        "tick_ms",
+        "heartbeat_ms",
+        "election_timeout_ms",
+        "clock_drift_ms",
+        "request_timeout_ms",
+        "snapshot_entries",
+        "snapshot_keep_entries",
+    ):
+        value = getattr(options, setting)
+        if value != getattr(defaults, setting):
+            argv += ["--" + setting.replace("_", "-"), str(value)]
+    if options.lease_reads:
+        argv.append("--lease-reads")
+    if not node.auto_promote:
+        argv.append("--no-auto-promote")
+    return argv
+
+
+def _member_json(member: MemberStatus) -> Json:
+    return {
+        "id": member.name,
+        "node_id": member.node_id,
+        "peer_url": member.peer or None,
+        "client_url": member.client or None,
+        "role": member.role,
+        "is_leader": member.is_leader,
+        "auto_promote": member.promote,
+        "caught_up": member.caught_up,
+        "match_index": member.match_index,
+        "lag": member.lag,
+    }
+
+
 # ---- request parsing -------------------------------------------------------------------------
+
+
+def _json_object(body: bytes, allowed: frozenset[str]) -> Json:
+    try:
+        fields = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_request", f"malformed JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object")
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        expected = ", ".join(sorted(allowed))
+        raise ApiError(400, "invalid_request", f"unknown fields {unknown} (expected: {expected})")
+    return fields
+
+
+def _text_field(fields: Json, name: str) -> str:
+    value = fields.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "invalid_request", f"{name} is required (a non-empty string)")
+    return value
+
+
+def _bool_param(query: Mapping[str, str], name: str) -> bool:
+    text = query.get(name, "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ApiError(400, "invalid_request", f"{name} must be true or false, not {text!r}")
+    return text in ("true", "1")
 
 
 def _query(request: web.Request, allowed: tuple[str, ...]) -> Mapping[str, str]:

@@ -25,6 +25,23 @@ fails with ``UnknownOutcome``; one whose log slot was taken by another entry fai
 
 A storage failure (fsync error, disk full) stops the node: nothing of that Ready is sent or
 applied, and ``wait_stopped`` raises. Restarting recovers from what was made durable.
+
+Membership (Raft thesis 4.1, one server at a time). The leader's ``add_member``,
+``remove_member`` and ``promote_member`` propose a CONFIG entry whose context carries the member
+registry (``replog.server.members``); every node learns a new member's addresses from the entry
+as soon as it is in its log, which is also when its core starts using the new configuration, and
+points the transport at the members of the configuration in effect (plus the leader). The node
+snapshot wraps the state machine's bytes together with the registry. A new member joins as a
+learner; the leader promotes it to voter once its match index is within
+``CATCH_UP_LAG_ENTRIES`` of the leader's log and it answered recently (unless it asked to stay
+a learner, or ``auto_promote`` is off). Refusals, checked on the leader before proposing: a
+second change while one is uncommitted; a change after which the voters heard from recently
+would not form a quorum (unless forced); promoting a learner that has not caught up. A leader
+asked to remove itself first hands leadership to the most up-to-date voter, which then makes
+the change (``NotLeader`` tells the caller where to go). A node started with ``join`` begins
+with a configuration that does not contain it: it never campaigns and waits for the leader.
+Each member publishes its own client URL through the log once it is a member, so every node
+can reach every other's HTTP API.
 """
 
 from __future__ import annotations
@@ -36,16 +53,18 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from replog.core import (
     NO_NODE,
     Configuration,
+    Entry,
     EntryKind,
     Message,
     NotLeader,
+    ProposalDropped,
     ProposalError,
     RaftConfig,
     RaftNode,
@@ -54,8 +73,21 @@ from replog.core import (
     Role,
     Snapshot,
 )
+from replog.core.types import decode_config
 from replog.errors import Unavailable, UnknownOutcome
-from replog.server.config import node_id_of, parse_address
+from replog.server.config import CLUSTER_MEMBERS_MAX, check_name, node_id_of, parse_address
+from replog.server.members import (
+    ChangeContext,
+    ClientRecord,
+    MemberInfo,
+    Registry,
+    decode_context,
+    decode_record,
+    encode_context,
+    encode_record,
+    unwrap_snapshot,
+    wrap_snapshot,
+)
 from replog.server.metrics import Metrics
 from replog.statemachines.base import StateMachine
 from replog.storage import NodeStorage, OsDisk, SnapshotPolicy, StorageOptions
@@ -65,10 +97,49 @@ log = logging.getLogger("replog.node")
 
 REQUEST_ID_BYTES = 16
 INBOX_MESSAGES_MAX = 100_000
+CATCH_UP_LAG_ENTRIES = 100  # a member within this many entries of the leader has caught up
+PROMOTE_CHECK_S = 0.5  # how often a leader looks for learners to promote
+PUBLISH_RETRY_S = 0.5
+# Request ids of node records (client URLs) start with this; ordinary ids start with 8 random
+# bytes per process, so a clash has odds of 2**-64.
+RECORD_PREFIX = b"\xffreplog\x00"
 
 
 class NodeStopped(Unavailable):
     """The node has stopped (shut down, or stopped by a storage failure)."""
+
+
+class MembershipError(ReplogError):
+    """A membership request refused before anything was proposed; ``code`` and ``status`` are
+    its HTTP API error (docs/http-api.md)."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class MemberNotFound(MembershipError):
+    code = "member_not_found"
+    status = 404
+
+
+class MemberExists(MembershipError):
+    code = "member_exists"
+    status = 409
+
+
+class MembershipChangePending(MembershipError):
+    code = "membership_change_pending"
+    status = 409
+
+
+class WouldLoseQuorum(MembershipError):
+    code = "would_lose_quorum"
+    status = 409
+
+
+class MemberNotCaughtUp(MembershipError):
+    code = "member_not_caught_up"
+    status = 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +195,26 @@ class FollowerStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One member as the leader sees it; ``caught_up``, ``match_index`` and ``lag`` are None
+    on a node that does not lead."""
+
+    name: str
+    node_id: int
+    peer: str
+    client: str
+    role: str  # voter | learner
+    is_leader: bool
+    promote: bool
+    caught_up: bool | None
+    match_index: int | None
+    lag: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     name: str
-    role: str  # leader | follower | candidate | pre_candidate | learner
+    role: str  # leader | follower | candidate | pre_candidate | learner | removed
     term: int
     leader: str | None
     commit_index: int
@@ -169,7 +257,10 @@ class _Waiting:
 class Node:
     """A Raft node running ``machine``; see the module docstring.
 
-    ``peers`` maps every voter's name (this node's included) to its peer address "host:port".
+    ``peers`` maps every initial member's name (this node's included) to its peer address
+    "host:port". With ``join`` the node joins an existing cluster: it starts as a non-member
+    (the others in ``peers`` are the voters it knows) and waits for the leader to add it.
+    ``client_url`` is this node's advertised HTTP API URL, published to the other members.
     """
 
     def __init__(
@@ -183,25 +274,36 @@ class Node:
         listen_peer: str | None = None,
         options: NodeOptions | None = None,
         metrics: Metrics | None = None,
+        client_url: str = "",
+        join: bool = False,
+        auto_promote: bool = True,
     ) -> None:
         if name not in peers:
             raise ValueError(f"node {name!r} must be one of the peers {sorted(peers)}")
+        ids = {node_id_of(peer) for peer in peers}
+        if len(ids) != len(peers):
+            raise ValueError("two node names map to the same node id; rename one")
+        if join and len(peers) < 2:
+            raise ValueError("a joining node must know at least one member of the cluster")
         self.name = name
         self.machine = machine
         self.options = options or NodeOptions()
         self.metrics = metrics or Metrics()
+        self.client_url = client_url
+        self.join = join
+        self.auto_promote = auto_promote
         self._cluster_id = cluster_id
         self._data_dir = data_dir
-        self._ids = {peer: node_id_of(peer) for peer in peers}
-        self._names = {node_id: peer for peer, node_id in self._ids.items()}
-        if len(self._names) != len(self._ids):
-            raise ValueError("two node names map to the same node id; rename one")
-        self.node_id = self._ids[name]
-        self._addresses = {self._ids[p]: _split_address(a) for p, a in peers.items()}
+        self.node_id = node_id_of(name)
+        self._registry = Registry(peers)
+        self._addresses = {node_id_of(p): _split_address(a) for p, a in peers.items()}  # initial
+        self._initial_voters = frozenset(ids - {self.node_id} if join else ids)
         self._listen_peer = _split_address(listen_peer or peers[name])
         self._raft: RaftNode | None = None
         self._storage: NodeStorage | None = None
         self._transport: PeerTransport | None = None
+        self._peers_wanted: dict[int, str] = {}
+        self._heard_at: dict[int, float] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
         self._wake = asyncio.Event()
         self._inbox: list[Message] = []
@@ -210,13 +312,16 @@ class Node:
         self._ids_counter = itertools.count(1)
         self._id_prefix = os.urandom(8)
         self._driver: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self._ticked_to = 0.0
+        self._promote_checked_at = 0.0
         self._stopping = False
         self._failure: BaseException | None = None
         self._leader_seen = NO_NODE
         self._snapshot_index = 0
+        self._was_member = False
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -226,27 +331,34 @@ class Node:
             OsDisk(), self._data_dir, self._cluster_id, self.node_id, StorageOptions()
         )
         self._storage = storage
-        membership = Configuration(voters=frozenset(self._names))
+        membership = Configuration(voters=self._initial_voters)
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         raft = RaftNode(self.options.raft_config(self.node_id), membership, rng, state)
         self._raft = raft
         if state.snapshot is not None:
-            self.machine.restore(state.snapshot.data)
+            self._restore(state.snapshot.data)
             self._snapshot_index = state.snapshot.meta.index
+        self._learn_entries(state.entries)
+        self._was_member = self.node_id in raft.membership.members()
         self._transport = PeerTransport(
             node_id=self.node_id,
             cluster_id=self._cluster_id,
             listen=self._listen_peer,
-            peers={i: a for i, a in self._addresses.items() if i != self.node_id},
+            peers={},
             on_message=self._on_message,
         )
         self._transport.on_rtt = self._on_rtt
+        self._sync_peers(raft)
         await self._transport.start()
         loop = asyncio.get_running_loop()
         self._next_tick = loop.time() + self._tick_s
         self._ticked_to = time.monotonic()
         self._timer = loop.call_at(self._next_tick, self._on_timer)
         self._driver = asyncio.create_task(self._drive(), name=f"replog-driver-{self.name}")
+        if self.client_url:
+            self._publisher = asyncio.create_task(
+                self._publish_client_url(), name=f"replog-publish-{self.name}"
+            )
         log.info("node %s started (id %d, term %d)", self.name, self.node_id, raft.term)
 
     async def stop(self, transfer: bool = True) -> None:
@@ -257,6 +369,10 @@ class Node:
         self._wake.set()
         if self._timer is not None:
             self._timer.cancel()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._publisher
         if self._driver is not None:
             with contextlib.suppress(BaseException):
                 await self._driver
@@ -289,8 +405,11 @@ class Node:
         """Replicate ``command``, wait until it is committed and applied here, and return the
         state machine's result. Raises ``Unavailable`` (certainly not applied) or
         ``UnknownOutcome`` (proposed, fate unknown: retry only if the command is idempotent)."""
-        self._check_running()
         request_id = self._id_prefix + next(self._ids_counter).to_bytes(8, "big")
+        return await self._submit(request_id, command, timeout_s)
+
+    async def _submit(self, request_id: bytes, command: bytes, timeout_s: float | None) -> object:
+        self._check_running()
         loop = asyncio.get_running_loop()
         proposal = _Proposal(request_id, request_id + command, loop.create_future())
         self._waiting.proposals.append(proposal)
@@ -350,7 +469,16 @@ class Node:
         raft = self._core()
         if raft.role is not Role.LEADER:
             raise NotLeader(raft.leader_id)
-        target = self._ids[to] if to is not None else self._most_up_to_date_follower()
+        if to == self.name:
+            return self.name
+        if to is None:
+            target = self._most_up_to_date_follower()
+        else:
+            target = node_id_of(to)
+            if target not in raft.membership.members():
+                raise MemberNotFound(f"{to} is not a member of the cluster")
+            if not raft.membership.is_voter(target):
+                raise MembershipError(f"{to} is a learner; only a voter can lead")
         if target == NO_NODE:
             raise Unavailable("there is no other voter to hand leadership to")
         raft.transfer_leader(target)
@@ -359,15 +487,217 @@ class Node:
             lambda: raft.leader_id not in (self.node_id, NO_NODE), timeout_s
         )
         if not ok:
-            raise Unavailable(f"leadership did not move to {self._names[target]} in time")
-        return self._names[raft.leader_id]
+            name = self._registry.name_of(target)
+            raise Unavailable(f"leadership did not move to {name} in time")
+        return self._registry.name_of(raft.leader_id)
+
+    # ---- membership (leader only; NotLeader elsewhere) ------------------------------------------
+
+    def members(self) -> tuple[MemberStatus, ...]:
+        """Every member of the configuration in effect, sorted by name."""
+        raft = self._core()
+        config = raft.membership
+        leading = raft.role is Role.LEADER
+        out: list[MemberStatus] = []
+        for node_id in config.members():
+            info = self._registry.get(node_id) or MemberInfo(str(node_id), "")
+            progress = raft.progress.get(node_id) if leading else None
+            match = raft.last_index if node_id == self.node_id else None
+            if progress is not None and node_id != self.node_id:
+                match = progress.match_index
+            out.append(
+                MemberStatus(
+                    name=info.name,
+                    node_id=node_id,
+                    peer=info.peer,
+                    client=info.client,
+                    role="voter" if config.is_voter(node_id) else "learner",
+                    is_leader=node_id == raft.leader_id,
+                    promote=info.promote,
+                    caught_up=self._caught_up(raft, node_id) if leading else None,
+                    match_index=match if leading else None,
+                    lag=raft.last_index - match if leading and match is not None else None,
+                )
+            )
+        return tuple(sorted(out, key=lambda m: m.name))
+
+    def member(self, name: str) -> MemberInfo | None:
+        """What this node knows of ``name`` (a member or not)."""
+        return self._registry.get(node_id_of(name))
+
+    async def add_member(
+        self, name: str, peer: str, client: str, *, learner: bool = False
+    ) -> MemberInfo:
+        """Add ``name`` as a learner; unless ``learner``, the leader promotes it to voter once
+        it has caught up. Adding a member again with the same addresses changes nothing."""
+        raft = self._leader_core()
+        info = _member_info(name, peer, client, promote=not learner)
+        node_id = info.node_id
+        config = raft.membership
+        known = self._registry.get(node_id)
+        if node_id in config.members():
+            if known is not None and (known.peer, known.client) == (info.peer, info.client):
+                return known
+            raise MemberExists(f"{name} is already a member (remove it first to re-add it)")
+        for other in self._registry.describe(config.members()):
+            if other.peer == info.peer:
+                raise MemberExists(f"peer address {info.peer} belongs to member {other.name}")
+        if known is not None and known.name != name:
+            raise MemberExists(f"{name} maps to the node id of {known.name}; choose another name")
+        if len(config.members()) >= CLUSTER_MEMBERS_MAX:
+            raise MembershipError(f"the cluster has {CLUSTER_MEMBERS_MAX} members, its limit")
+        self._check_no_change_pending(raft)
+        self._registry.put(info)
+        await self._change(raft, config.with_learner(node_id), info)
+        return info
+
+    async def remove_member(self, name: str, *, force: bool = False) -> MemberInfo:
+        """Remove ``name``. Refused when the voters heard from recently would not form a quorum
+        of the new configuration, unless ``force``. A leader removing itself hands leadership
+        over first and raises ``NotLeader``: ask the new leader."""
+        raft = self._leader_core()
+        node_id = node_id_of(name)
+        config = raft.membership
+        if node_id not in config.members():
+            raise MemberNotFound(f"{name} is not a member of the cluster")
+        self._check_no_change_pending(raft)
+        new = config.without(node_id)
+        if not new.voters:
+            raise WouldLoseQuorum(f"{name} is the last voter; a cluster needs one")
+        if not force:
+            self._check_quorum(raft, new, f"removing {name}")
+        if node_id == self.node_id:
+            new_leader = await self.transfer_leadership(None)
+            log.info("node %s handed leadership to %s to be removed", self.name, new_leader)
+            raise NotLeader(raft.leader_id)
+        info = self._registry.get(node_id) or MemberInfo(name, "")
+        await self._change(raft, new, info)
+        return info
+
+    async def promote_member(self, name: str) -> MemberInfo:
+        """Make the learner ``name`` a voter; refused until it has caught up."""
+        raft = self._leader_core()
+        node_id = node_id_of(name)
+        config = raft.membership
+        if node_id not in config.members():
+            raise MemberNotFound(f"{name} is not a member of the cluster")
+        info = self._registry.get(node_id) or MemberInfo(name, "")
+        if config.is_voter(node_id):
+            return info
+        self._check_no_change_pending(raft)
+        if not self._caught_up(raft, node_id):
+            progress = raft.progress.get(node_id)
+            lag = raft.last_index - (progress.match_index if progress else 0)
+            raise MemberNotCaughtUp(
+                f"{name} is {lag} entries behind the leader (or has not answered recently); "
+                f"it can become a voter once within {CATCH_UP_LAG_ENTRIES}"
+            )
+        self._check_quorum(raft, config.with_voter(node_id), f"promoting {name}")
+        await self._change(raft, config.with_voter(node_id), info)
+        return info
+
+    def _leader_core(self) -> RaftNode:
+        raft = self._core()
+        self._check_running()
+        if raft.role is not Role.LEADER:
+            raise NotLeader(raft.leader_id)
+        return raft
+
+    def _check_no_change_pending(self, raft: RaftNode) -> None:
+        if raft.membership_pending:
+            raise MembershipChangePending(
+                "another membership change is not committed yet; retry once it is"
+            )
+
+    def _check_quorum(self, raft: RaftNode, config: Configuration, what: str) -> None:
+        voters = config.voters
+        reachable = sorted(
+            self._registry.name_of(v) for v in voters if v == self.node_id or self._heard(v)
+        )
+        if len(reachable) <= len(voters) // 2:
+            raise WouldLoseQuorum(
+                f"{what} leaves {len(voters)} voters of which only {len(reachable)} answered "
+                f"recently ({', '.join(reachable) or 'none'}); a quorum needs "
+                f"{len(voters) // 2 + 1} (force it if you are sure)"
+            )
+
+    def _heard(self, node_id: int) -> bool:
+        window_s = max(1.0, 3 * self.options.election_timeout_ms / 1000)
+        return time.monotonic() - self._heard_at.get(node_id, -1e9) <= window_s
+
+    def _caught_up(self, raft: RaftNode, node_id: int) -> bool:
+        if node_id == self.node_id:
+            return True
+        progress = raft.progress.get(node_id)
+        if progress is None or not self._heard(node_id):
+            return False
+        return raft.last_index - progress.match_index <= CATCH_UP_LAG_ENTRIES
+
+    async def _change(self, raft: RaftNode, config: Configuration, subject: MemberInfo) -> None:
+        """Propose ``config`` and wait until it is applied here."""
+        members = self._registry.describe(config.members())
+        context = encode_context(ChangeContext(subject.name, members))
+        term = raft.term
+        try:
+            index = raft.propose_membership(config, context)
+        except ProposalDropped as error:
+            if raft.membership_pending:
+                raise MembershipChangePending(str(error)) from None
+            raise Unavailable(str(error)) from None
+        except ProposalError as error:
+            raise Unavailable(str(error)) from None
+        self._wake.set()
+        log.info("node %s proposed membership change at %d: %s", self.name, index, subject.name)
+        timeout_s = self.options.request_timeout_ms / 1000
+        if not await self.wait_applied(lambda: raft.applied_index >= index, timeout_s):
+            raise UnknownOutcome("the membership change did not commit in time; it may still apply")
+        entry = raft.entry(index)
+        if entry is not None and entry.term != term:
+            raise Unavailable("leadership changed before the membership change committed")
+
+    def _maybe_promote_learners(self, raft: RaftNode) -> None:
+        """On the leader, about twice a second: promote one caught-up learner that wants it."""
+        now = time.monotonic()
+        if now - self._promote_checked_at < PROMOTE_CHECK_S:
+            return
+        self._promote_checked_at = now
+        if not self.auto_promote or raft.role is not Role.LEADER or raft.membership_pending:
+            return
+        for node_id in sorted(raft.membership.learners):
+            info = self._registry.get(node_id)
+            if info is None or not info.promote or not self._caught_up(raft, node_id):
+                continue
+            config = raft.membership.with_voter(node_id)
+            context = encode_context(
+                ChangeContext(info.name, self._registry.describe(config.members()))
+            )
+            with contextlib.suppress(ProposalError):
+                index = raft.propose_membership(config, context)
+                log.info("node %s promotes %s to voter (index %d)", self.name, info.name, index)
+            return
+
+    async def _publish_client_url(self) -> None:
+        """Publish this node's client URL through the log once it is a member."""
+        timeout_s = self.options.request_timeout_ms / 1000
+        while not self.stopped:
+            raft = self._core()
+            info = self._registry.get(self.node_id)
+            if info is not None and info.client == self.client_url:
+                return
+            if raft.leader_id != NO_NODE and self.node_id in raft.membership.members():
+                request_id = RECORD_PREFIX + next(self._ids_counter).to_bytes(8, "big")
+                record = encode_record(ClientRecord(self.name, self.client_url))
+                with contextlib.suppress(Unavailable, UnknownOutcome):
+                    await self._submit(request_id, record, timeout_s)
+                    continue
+            await asyncio.sleep(PUBLISH_RETRY_S)
 
     # ---- views -----------------------------------------------------------------------------------
 
     @property
     def leader(self) -> str | None:
         leader_id = self._core().leader_id
-        return self._names.get(leader_id) if leader_id != NO_NODE else None
+        return self._registry.name_of(leader_id) if leader_id != NO_NODE else None
 
     @property
     def is_leader(self) -> bool:
@@ -382,7 +712,7 @@ class Node:
         if self._transport is None:
             return
         for peer, stats in self._transport.stats().items():
-            to = self._names.get(peer, str(peer))
+            to = self._registry.name_of(peer)
             failures = stats.dropped_messages + stats.send_failures
             self.metrics.peer_send_failures.labels(to).set(failures)
             self.metrics.peer_connected.labels(to).set(1 if stats.connected else 0)
@@ -400,16 +730,19 @@ class Node:
                     continue
                 followers.append(
                     FollowerStatus(
-                        self._names.get(node_id, str(node_id)),
+                        self._registry.name_of(node_id),
                         progress.match_index,
                         progress.next_index,
                         raft.last_index - progress.match_index,
                         progress.state.value,
                     )
                 )
+        role = raft.role.value.replace("-", "_")
+        if raft.role is Role.FOLLOWER and not raft.membership.is_voter(self.node_id):
+            role = "learner" if self.node_id in raft.membership.learners else "removed"
         return NodeStatus(
             name=self.name,
-            role=raft.role.value.replace("-", "_"),
+            role=role,
             term=raft.term,
             leader=self.leader,
             commit_index=raft.commit_index,
@@ -431,6 +764,7 @@ class Node:
                 self._step_inbox(raft)
                 self._hand_over_proposals(raft)
                 self._hand_over_reads(raft)
+                self._maybe_promote_learners(raft)
                 while raft.has_ready() and not self._stopping:
                     await self._handle_ready(raft, raft.ready())
                 await self._maybe_snapshot(raft)
@@ -462,6 +796,7 @@ class Node:
         self._ticked_to += due * self._tick_s
 
     def _on_message(self, message: Message) -> None:
+        self._heard_at[message.sender] = time.monotonic()
         if len(self._inbox) < INBOX_MESSAGES_MAX:
             self._inbox.append(message)
         else:
@@ -469,7 +804,7 @@ class Node:
         self._wake.set()
 
     def _on_rtt(self, peer: int, seconds: float) -> None:
-        self.metrics.peer_rtt_seconds.labels(self._names.get(peer, str(peer))).observe(seconds)
+        self.metrics.peer_rtt_seconds.labels(self._registry.name_of(peer)).observe(seconds)
 
     def _step_inbox(self, raft: RaftNode) -> None:
         inbox, self._inbox = self._inbox, []
@@ -528,11 +863,13 @@ class Node:
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
             if ready.entries:
                 self.metrics.batch_entries.observe(len(ready.entries))
+        if ready.snapshot is not None:
+            self._restore(ready.snapshot.data)
+            self._snapshot_index = ready.snapshot.meta.index
+        self._learn_entries(ready.entries)
+        self._sync_peers(raft)
         for message in ready.messages:
             self._transport.send(message)  # a refused message is counted by the transport
-        if ready.snapshot is not None:
-            self.machine.restore(ready.snapshot.data)
-            self._snapshot_index = ready.snapshot.meta.index
         self._apply(ready)
         for read_state in ready.read_states:
             batch = self._waiting.reads_by_context.pop(read_state.context, None)
@@ -548,10 +885,12 @@ class Node:
             request_id = b""
             if entry.kind is EntryKind.NORMAL:
                 request_id = entry.data[:REQUEST_ID_BYTES]
-                result = self.machine.apply(entry.data[REQUEST_ID_BYTES:])
+                result = self._apply_command(request_id, entry.data[REQUEST_ID_BYTES:])
                 proposal = waiting.by_request.pop(request_id, None)
                 if proposal is not None and not proposal.future.done():
                     proposal.future.set_result(result)
+            elif entry.kind is EntryKind.CONFIG:
+                self._config_committed(entry)
             expected = waiting.by_index.pop(entry.index, None)
             if expected is not None and expected != request_id:
                 lost = waiting.by_request.pop(expected, None)
@@ -562,6 +901,72 @@ class Node:
         if ready.committed_entries or ready.snapshot is not None:
             self._applied.set()
             self._applied = asyncio.Event()
+
+    def _apply_command(self, request_id: bytes, command: bytes) -> object:
+        if not request_id.startswith(RECORD_PREFIX):
+            return self.machine.apply(command)
+        record = decode_record(command)
+        if record is not None and self._registry.learn_record(record):
+            log.info("node %s: %s serves clients at %s", self.name, record.name, record.client)
+        return None
+
+    def _config_committed(self, entry: Entry) -> None:
+        try:
+            config, context = decode_config(entry.data)
+        except ValueError as error:
+            log.error("node %s: bad configuration entry at %d: %s", self.name, entry.index, error)
+            return
+        changed = decode_context(context)
+        subject = changed.subject if changed is not None else "?"
+        role = "voter" if config.is_voter(node_id_of(subject)) else "learner"
+        if node_id_of(subject) not in config.members():
+            role = "removed"
+        log.info(
+            "node %s: membership change at %d committed: %s %s",
+            self.name,
+            entry.index,
+            subject,
+            role,
+        )
+        member = self.node_id in config.members()
+        if self._was_member and not member:
+            log.warning("node %s was removed from the cluster; it will not campaign", self.name)
+        self._was_member = member
+
+    # ---- membership plumbing -------------------------------------------------------------------
+
+    def _restore(self, data: bytes) -> None:
+        members, machine_data = unwrap_snapshot(data)
+        self._registry.learn_snapshot(members)
+        self.machine.restore(machine_data)
+
+    def _learn_entries(self, entries: Sequence[Entry]) -> None:
+        """Learn member descriptions from CONFIG entries as soon as they are in the log."""
+        for entry in entries:
+            if entry.kind is not EntryKind.CONFIG:
+                continue
+            with contextlib.suppress(ValueError):
+                context = decode_context(decode_config(entry.data)[1])
+                if context is not None:
+                    self._registry.learn_change(context)
+
+    def _sync_peers(self, raft: RaftNode) -> None:
+        """Point the transport at the members in effect and the leader (whose addresses are
+        known); removed members are dropped."""
+        assert self._transport is not None
+        ids = set(raft.membership.members())
+        if raft.leader_id != NO_NODE:
+            ids.add(raft.leader_id)
+        ids.discard(self.node_id)
+        wanted: dict[int, str] = {}
+        for node_id in ids:
+            info = self._registry.get(node_id)
+            if info is not None and info.peer:
+                wanted[node_id] = info.peer
+        if wanted == self._peers_wanted:
+            return
+        self._transport.set_peers({i: _split_address(p) for i, p in wanted.items()})
+        self._peers_wanted = wanted
 
     def _serve_reads(self, applied_index: int) -> None:
         waiting = self._waiting
@@ -603,7 +1008,10 @@ class Node:
             log_bytes=storage.log_bytes,
         ):
             return
-        snapshot = Snapshot(raft.snapshot_meta(applied), self.machine.snapshot())
+        if not raft.membership.voters:
+            return  # a joining node that has not learned its cluster yet
+        data = wrap_snapshot(self._registry.all(), self.machine.snapshot())
+        snapshot = Snapshot(raft.snapshot_meta(applied), data)
         keep = policy.keep_entries
         await asyncio.get_running_loop().run_in_executor(
             self._io, storage.save_snapshot, snapshot, keep
@@ -661,6 +1069,17 @@ class Node:
             if not future.done():
                 future.set_exception(error)
         self._waiting = _Waiting()
+
+
+def _member_info(name: str, peer: str, client: str, *, promote: bool) -> MemberInfo:
+    """A new member's description, its addresses in their canonical spelling."""
+    try:
+        check_name(name)
+        peer_address = str(parse_address(peer, "peer"))
+        client_url = f"http://{parse_address(client, 'client')}"
+    except ValueError as error:
+        raise MembershipError(str(error)) from None
+    return MemberInfo(name, peer_address, client_url, promote)
 
 
 def _split_address(text: str) -> tuple[str, int]:
