@@ -417,7 +417,7 @@ class _InboundProtocol(_Protocol):
     def reply(self, frame: Pong | SnapshotAck) -> None:
         """Write a pong or an ack back, unless the dialer stopped reading them."""
         assert self.transport is not None
-        if self.transport.get_write_buffer_size() < PONG_BUFFER_MAX_BYTES:
+        if not self.closing and self.transport.get_write_buffer_size() < PONG_BUFFER_MAX_BYTES:
             body = encode_control(frame)
             self.transport.write(FRAME_HEADER.pack(len(body)) + body)
 
