@@ -275,6 +275,15 @@ def test_the_same_send_means_same_snapshot_term_and_sender() -> None:
     assert not transfer.same_send(other, SnapshotKey.of(other.snapshot))
 
 
+def test_a_resend_of_the_same_object_needs_no_crc_pass() -> None:
+    m = install(bytes(100))
+    transfer = OutgoingSnapshot(m, SnapshotKey(10, 1, 100, 12345), 10, 0.0)  # a made-up CRC
+    assert transfer.key_for(m).crc == 12345
+    assert transfer.key_for(install(bytes(100))) == SnapshotKey.of(m.snapshot)  # another object
+    newer = InstallSnapshot(2, 1, 2, Snapshot(SnapshotMeta(11, 1), m.snapshot.data))
+    assert transfer.key_for(newer).index == 11
+
+
 # ---- wire format of the new frames -----------------------------------------------------------
 
 

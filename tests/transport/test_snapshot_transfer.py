@@ -319,6 +319,15 @@ async def test_the_sender_gives_up_a_transfer_without_progress(make_pair: Factor
     assert not pair.stats().snapshot_in_transfer
 
 
+async def test_an_unencodable_snapshot_is_a_send_failure(make_pair: Factory) -> None:
+    pair = await make_pair({"chunk_bytes": 64 * KIB})
+    bad = install(1 * MIB, index=-1)
+    assert pair.a.send(bad)
+    assert pair.stats().send_failures == 1 and not pair.stats().snapshot_in_transfer
+    assert pair.a.send(heartbeat(1))
+    await until(lambda: pair.received == [heartbeat(1)])
+
+
 def test_bad_snapshot_arguments_are_refused() -> None:
     base: dict[str, Any] = {
         "node_id": 1,

@@ -323,6 +323,7 @@ _INBOUND_DECODER: Final = _union_decoder((*_WIRE_TYPES, Ping, SnapshotHeader, Sn
 _HELLO_DECODER: Final = msgspec.msgpack.Decoder(Hello)
 _PONG_DECODER: Final = msgspec.msgpack.Decoder(Pong)
 _REPLY_DECODER: Final = _union_decoder((Pong, SnapshotAck))
+_HEADER_DECODER: Final = msgspec.msgpack.Decoder(SnapshotHeader)
 
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError)
 
@@ -351,9 +352,15 @@ def encode_chunk(attempt: int, offset: int, crc: int, data: memoryview) -> bytes
 
 
 def snapshot_header(m: InstallSnapshot, attempt: int, total_bytes: int, crc: int) -> SnapshotHeader:
-    """The header frame announcing ``m`` (without its data)."""
-    meta = msgspec.convert(m.snapshot.meta, _SnapshotMeta, from_attributes=True)
-    return SnapshotHeader(attempt, m.term, m.sender, m.receiver, meta, total_bytes, crc)
+    """The header frame announcing ``m`` (without its data); CodecError when a value is out of
+    range, checked through the same schema the receiver decodes with."""
+    try:
+        meta = msgspec.convert(m.snapshot.meta, _SnapshotMeta, from_attributes=True)
+        header = SnapshotHeader(attempt, m.term, m.sender, m.receiver, meta, total_bytes, crc)
+        checked: SnapshotHeader = _HEADER_DECODER.decode(_ENCODER.encode(header))
+    except _DECODE_ERRORS as error:
+        raise CodecError(f"cannot encode a snapshot header: {error}") from None
+    return checked
 
 
 def snapshot_message(header: SnapshotHeader, data: bytes) -> InstallSnapshot:

@@ -114,6 +114,15 @@ class OutgoingSnapshot:
         self.next_offset = 0
         self.progress_s = now_s  # the last time the receiver acknowledged anything
 
+    def key_for(self, m: InstallSnapshot) -> SnapshotKey:
+        """``m``'s snapshot key; without reading the data when it is this transfer's very
+        snapshot (the core resends the object it holds), so a resend costs no CRC pass."""
+        snapshot = m.snapshot
+        mine = self.message.snapshot
+        if snapshot.data is mine.data and snapshot.meta == mine.meta:
+            return self.key
+        return SnapshotKey.of(snapshot)
+
     def same_send(self, m: InstallSnapshot, key: SnapshotKey) -> bool:
         """Whether ``m`` is a resend of this transfer (same snapshot, same leader and term)."""
         return key == self.key and m.term == self.message.term and m.sender == self.message.sender

@@ -77,6 +77,7 @@ from replog.transport.codec import (
     encode_control,
     encode_message,
     message_size_bytes,
+    snapshot_header,
 )
 from replog.transport.snapshots import (
     CHUNK_BYTES_DEFAULT,
@@ -581,10 +582,16 @@ class PeerTransport:
         if self._closed:
             link.dropped_messages += 1
             return False
-        key = SnapshotKey.of(m.snapshot)
         transfer = link.transfer
+        key = SnapshotKey.of(m.snapshot) if transfer is None else transfer.key_for(m)
         if transfer is not None and transfer.same_send(m, key):
             link.snapshots_absorbed += 1
+            return True
+        try:
+            snapshot_header(m, 1, key.total_bytes, key.crc)
+        except CodecError as error:  # taken and lost, like an unencodable queued message
+            logger.warning("dropping a snapshot to peer %d: %s", link.peer_id, error)
+            link.send_failures += 1
             return True
         if transfer is not None:
             link.snapshots_replaced += 1
