@@ -1,0 +1,152 @@
+"""Curves: throughput and p99 latency of puts against clients, value size and cluster size.
+
+Sweeps (each point one ``replog bench`` run of ``--duration`` seconds, each system alone):
+
+* clients 1 to 1024 (256-byte values, 3 members) -> ``docs/bench-clients.png``;
+* value size 16 B to 64 KiB (16 clients, 3 members) -> ``docs/bench-value-size.png``;
+* cluster size 3, 5, 7 (64 clients, 256-byte values) -> ``docs/bench-cluster-size.png``.
+
+The measured points are written to ``benchmarks/results/curves.json``; ``--plot-only`` redraws
+the PNGs from that file without measuring. Needs matplotlib (``pip install -e '.[bench]'``).
+
+    .venv/bin/python benchmarks/plots.py --duration 5 --systems replog,etcd
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import machine
+from systems import EtcdSystem, ReplogSystem
+
+from replog.bench import BenchConfig, Workload, run_bench
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "benchmarks" / "results" / "curves.json"
+CLIENTS = (1, 4, 16, 64, 256, 1024)
+VALUE_SIZES = (16, 256, 4096, 16384, 65536)
+CLUSTER_SIZES = (3, 5, 7)
+SWEEPS = {
+    "clients": ("number of clients", "bench-clients.png"),
+    "value_size": ("value size (bytes)", "bench-value-size.png"),
+    "cluster_size": ("cluster size (members)", "bench-cluster-size.png"),
+}
+
+
+def make(system: str, root: Path, size: int) -> Any:
+    if system == "replog":
+        return ReplogSystem(root / f"replog-{size}", size)
+    return EtcdSystem(root / f"etcd-{size}", size)
+
+
+def point(system: Any, clients: int, value_size: int, duration_s: float) -> dict[str, Any]:
+    workload = Workload(name="put", clients=clients, value_size_bytes=value_size,
+                        duration_s=duration_s, key_space=1000)  # fmt: skip
+    config = BenchConfig(endpoints=tuple(system.endpoints), workload=workload,
+                         target=system.target, send_to="leader")  # fmt: skip
+    report = run_bench(config)
+    print(f"  {system.target} clients={clients} value={value_size} -> "
+          f"{report.throughput_ops_s:,.0f} ops/s p99 {report.latency.p99_ms:.1f} ms "
+          f"errors {report.error_count}", file=sys.stderr)  # fmt: skip
+    return {
+        "throughput_ops_s": report.throughput_ops_s,
+        "p50_ms": report.latency.p50_ms,
+        "p99_ms": report.latency.p99_ms,
+        "errors": report.error_count,
+        "generator_cpu_cores": report.cpu_cores,
+    }
+
+
+def measure(systems: list[str], duration_s: float, tmp: Path) -> dict[str, Any]:
+    curves: dict[str, Any] = {sweep: {} for sweep in SWEEPS}
+    for name in systems:
+        for sweep in SWEEPS:
+            curves[sweep][name] = []
+        with make(name, tmp, 3) as system:
+            for clients in CLIENTS:
+                result = point(system, clients, 256, duration_s)
+                curves["clients"][name].append({"x": clients, **result})
+            for size in VALUE_SIZES:
+                result = point(system, 16, size, duration_s)
+                curves["value_size"][name].append({"x": size, **result})
+        for members in CLUSTER_SIZES:
+            with make(name, tmp, members) as system:
+                result = point(system, 64, 256, duration_s)
+                curves["cluster_size"][name].append({"x": members, **result})
+    return curves
+
+
+def _tick(x: int, sweep: str) -> str:
+    if sweep == "value_size" and x >= 1024:
+        return f"{x // 1024} KiB"
+    return str(x)
+
+
+def draw(document: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for sweep, (xlabel, filename) in SWEEPS.items():
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for name, points in document["curves"][sweep].items():
+            xs = [p["x"] for p in points]
+            left.plot(xs, [p["throughput_ops_s"] for p in points], marker="o", label=name)
+            right.plot(xs, [p["p99_ms"] for p in points], marker="o", label=name)
+        for axis, ylabel in ((left, "puts per second"), (right, "p99 latency (ms)")):
+            axis.set_xlabel(xlabel)
+            axis.set_ylabel(ylabel)
+            axis.grid(True, alpha=0.3)
+            axis.legend()
+            if sweep != "cluster_size":
+                axis.set_xscale("log", base=2)
+            curves = document["curves"][sweep].values()
+            ticks = sorted({p["x"] for points in curves for p in points})
+            axis.set_xticks(ticks, [_tick(x, sweep) for x in ticks])
+            axis.minorticks_off()
+        right.set_yscale("log")
+        figure.suptitle(
+            f"puts, {document['duration_s']:g} s per point, {document['machine']} "
+            f"({document['date'][:10]})",
+            fontsize=9,
+        )
+        figure.tight_layout()
+        figure.savefig(out_dir / filename, dpi=90)
+        plt.close(figure)
+        print(f"wrote {out_dir / filename}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="benchmark curves as PNG plots")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
+    parser.add_argument("--systems", default="replog,etcd", help="replog and/or etcd")
+    parser.add_argument("--data", type=Path, default=DATA, help="where the points are kept")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from --data")
+    args = parser.parse_args(argv)
+    if not args.plot_only:
+        systems = [s for s in args.systems.split(",") if s in ("replog", "etcd")]
+        with tempfile.TemporaryDirectory(prefix="replog-curves-") as tmp:
+            curves = measure(systems, args.duration, Path(tmp))
+        document = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "duration_s": args.duration,
+            "curves": curves,
+        }
+        args.data.parent.mkdir(parents=True, exist_ok=True)
+        args.data.write_text(json.dumps(document, indent=1) + "\n")
+    draw(json.loads(args.data.read_text()), args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
