@@ -4,6 +4,11 @@ Each node is a separate process with its own data directory and log file; the ha
 kills (SIGKILL), pauses (SIGSTOP/SIGCONT), stops (SIGTERM) and restarts them by PID, never by
 name. Ports are picked free at construction. ``request`` is a small blocking HTTP helper that
 returns the status and the decoded JSON body, so tests read like transcripts.
+
+Two hooks serve fault runs (``replog.testing.torture``): ``peer_address(src, dst)`` gives the
+address node ``src`` dials to send to ``dst`` (a proxy port for that directed link; by default
+``dst``'s own peer address), and ``node_env`` adds environment variables per node (e.g. a fake
+clock). Only a node's own entry of its ``--initial-cluster`` must be its real peer address.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +88,8 @@ class ProcessCluster:
     size: int = 3
     extra_args: tuple[str, ...] = FAST_TIMING
     nodes: dict[str, ProcessNode] = field(default_factory=dict)
+    peer_address: Callable[[str, str], str] | None = None
+    node_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ports = free_ports(2 * self.size)
@@ -104,7 +112,9 @@ class ProcessCluster:
 
     def command(self, name: str) -> list[str]:
         node = self.nodes[name]
-        initial = ",".join(f"{n.name}=127.0.0.1:{n.peer_port}" for n in self.nodes.values())
+        initial = ",".join(
+            f"{n.name}={self.address_for(name, n.name)}" for n in self.nodes.values()
+        )
         return [
             sys.executable, "-m", "replog", "serve",
             "--name", name,
@@ -114,6 +124,12 @@ class ProcessCluster:
             "--initial-cluster", initial,
             *self.extra_args,
         ]  # fmt: skip
+
+    def address_for(self, src: str, dst: str) -> str:
+        """The peer address ``src`` dials to reach ``dst`` (its own real one for ``src == dst``)."""
+        if src == dst or self.peer_address is None:
+            return f"127.0.0.1:{self.nodes[dst].peer_port}"
+        return self.peer_address(src, dst)
 
     def start(self, wait: bool = True) -> None:
         for name in self.nodes:
@@ -128,7 +144,7 @@ class ProcessCluster:
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
                 self.command(name), stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.node_env.get(name, {})},
             )  # fmt: skip
         if wait:
             self.wait_until(lambda: self.status(name) is not None, f"{name} to serve")

@@ -1,0 +1,75 @@
+"""Real-process fault runs: a bounded run in the default suite, longer ones marked slow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from replog.cli import main
+from replog.testing.torture import TortureConfig, TortureReport, find_faketime, run_torture
+
+
+def assert_clean(report: TortureReport) -> None:
+    problems = {name: found for name, found in report.problems.items() if found}
+    assert report.clean, f"violations (see {report.out}): {json.dumps(problems, indent=1)}"
+    assert set(report.verdicts.values()) <= {"linearizable", "ok"}, report.verdicts
+
+
+def test_bounded_run_with_kills_pauses_and_partitions(tmp_path: Path) -> None:
+    config = TortureConfig(
+        nodes=3,
+        duration_s=35.0,
+        seed=11,
+        faults=("kill", "pause", "partition"),
+        clients=4,
+        out=tmp_path / "run",
+    )
+    report = run_torture(config)
+    assert_clean(report)
+    assert sum(report.faults.values()) >= 5, report.faults
+    for workload in ("register", "bank", "append"):
+        assert report.ops[workload]["ok"] > 50, report.ops
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["clean"] is True and saved["operations"] == report.operations
+    for name in ("register.jsonl", "bank.jsonl", "append.jsonl", "faults.jsonl", "n1.log"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+
+
+def test_cli_usage_errors_exit_2() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["torture", "--faults", "kill,meteor"])
+    assert result.exit_code == 2 and "unknown fault kind meteor" in result.output
+    result = runner.invoke(main, ["torture", "--workload", "ledger"])
+    assert result.exit_code == 2 and "unknown workload ledger" in result.output
+    result = runner.invoke(main, ["torture", "--nodes", "4"])
+    assert result.exit_code == 2
+
+
+def test_config_refuses_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nodes"):
+        TortureConfig(nodes=4)
+    with pytest.raises(ValueError, match="workloads"):
+        TortureConfig(workloads=("ledger",))
+    with pytest.raises(ValueError, match="faults"):
+        TortureConfig(faults=("meteor",))
+
+
+@pytest.mark.slow
+def test_five_nodes_every_fault(tmp_path: Path) -> None:
+    faults = ("kill", "pause", "partition", "crash-all", "clock")
+    config = TortureConfig(nodes=5, duration_s=90.0, seed=5, faults=faults, out=tmp_path / "r5")
+    report = run_torture(config)
+    assert_clean(report)
+    if find_faketime() is not None:
+        assert report.faults.get("clock-jump", 0) >= 1, report.faults
+
+
+@pytest.mark.slow
+def test_three_nodes_crashes_and_clock_jumps(tmp_path: Path) -> None:
+    config = TortureConfig(
+        nodes=3, duration_s=90.0, seed=9, faults=("crash-all", "clock", "kill"), out=tmp_path / "r3"
+    )
+    assert_clean(run_torture(config))
