@@ -12,6 +12,7 @@ from replog.cli.dev import dev
 from replog.cli.kv import KV_COMMANDS, client_group_options
 from replog.cli.serve import serve
 from replog.cli.sim import sim
+from replog.cli.torture import torture
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ main.add_command(check)
 main.add_command(data)
 main.add_command(serve)
 main.add_command(dev)
+main.add_command(torture)
 main.add_command(bench)
 for command in KV_COMMANDS:
     main.add_command(command)
