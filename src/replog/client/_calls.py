@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -197,6 +198,45 @@ class Calls:
 
     def status(self) -> Call[StatusResponse]:
         return Call(Request("GET", "/v1/status"), _decoder(StatusResponse))
+
+    # Membership and leadership answer the API's JSON objects as dicts (docs/http-api.md).
+
+    def members(self) -> Call[dict[str, Any]]:
+        return Call(Request("GET", "/v1/members"), _json_object)
+
+    def add_member(
+        self, name: str, peer_url: str, client_url: str, learner: bool
+    ) -> Call[dict[str, Any]]:
+        body = {"name": name, "peer_url": peer_url, "client_url": client_url, "learner": learner}
+        return Call(_json_request("POST", "/v1/members", body), _json_object)
+
+    def remove_member(self, name: str, force: bool) -> Call[dict[str, Any]]:
+        target = query_target(_member_path(name), {"force": "true" if force else None})
+        return Call(Request("DELETE", target), _json_object)
+
+    def promote_member(self, name: str) -> Call[dict[str, Any]]:
+        return Call(Request("POST", _member_path(name) + "/promote"), _json_object)
+
+    def transfer_leader(self, to: str | None) -> Call[dict[str, Any]]:
+        return Call(_json_request("POST", "/v1/leader/transfer", {"to": to}), _json_object)
+
+
+def _member_path(name: str) -> str:
+    return "/v1/members/" + urllib.parse.quote(name, safe="")
+
+
+def _json_request(method: str, target: str, body: dict[str, Any]) -> Request:
+    return Request(method, target, json.dumps(body).encode(), content_type="application/json")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(body)
+    except ValueError as error:
+        raise ValueError(f"the answer is not JSON: {error}") from None
+    if not isinstance(answer, dict):
+        raise ValueError("the answer is not a JSON object")
+    return answer
 
 
 def check_consistency(consistency: str) -> None:

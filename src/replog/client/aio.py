@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -205,6 +205,30 @@ class AsyncClient:
                 return endpoint, error
 
         return list(await asyncio.gather(*(one(url) for url in self.endpoints.urls)))
+
+    # --- membership and leadership (answers: the API's JSON objects, as dicts) ---
+
+    async def members(self) -> dict[str, Any]:
+        """Every member: id, URLs, role (voter or learner), whether it has caught up."""
+        return await self._run(self._calls.members())
+
+    async def add_member(
+        self, name: str, peer_url: str, client_url: str, *, learner: bool = False
+    ) -> dict[str, Any]:
+        """Add ``name`` as a learner (promoted to voter once caught up, unless ``learner``);
+        the answer's ``command`` is the ``replog serve`` line that starts it."""
+        return await self._run(self._calls.add_member(name, peer_url, client_url, learner))
+
+    async def remove_member(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        return await self._run(self._calls.remove_member(name, force))
+
+    async def promote_member(self, name: str) -> dict[str, Any]:
+        return await self._run(self._calls.promote_member(name))
+
+    async def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        """Hand leadership to ``to`` (or the most up-to-date voter); the answer's
+        ``leader_id`` is the new leader."""
+        return await self._run(self._calls.transfer_leader(to))
 
     # --- lifetime ---
 

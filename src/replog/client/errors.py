@@ -118,6 +118,14 @@ class UnknownOutcome(ReplogClientError, replog_errors.UnknownOutcome):
     default_code = "unknown_outcome"
 
 
+class MembershipRefused(ReplogClientError):
+    """404/409: a membership request the leader refused, with a reason in ``code``:
+    ``member_not_found``, ``member_exists``, ``membership_change_pending``,
+    ``would_lose_quorum`` or ``member_not_caught_up``."""
+
+    default_code = "membership_change_pending"
+
+
 class ServerError(ReplogClientError):
     """500 ``internal`` or any other unexpected answer (including one the client cannot read)."""
 
@@ -132,6 +140,11 @@ _BY_CODE: dict[str, type[ReplogClientError]] = {
     "unavailable": Unavailable,
     "unknown_outcome": UnknownOutcome,
     "internal": ServerError,
+    "member_not_found": MembershipRefused,
+    "member_exists": MembershipRefused,
+    "membership_change_pending": MembershipRefused,
+    "would_lose_quorum": MembershipRefused,
+    "member_not_caught_up": MembershipRefused,
 }
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from replog.client._calls import Call, Calls, settle
@@ -267,6 +267,30 @@ class Client:
             except ReplogClientError as error:
                 answers.append((endpoint, error))
         return answers
+
+    # --- membership and leadership (answers: the API's JSON objects, as dicts) ---
+
+    def members(self) -> dict[str, Any]:
+        """Every member: id, URLs, role (voter or learner), whether it has caught up."""
+        return self._run(self._calls.members())
+
+    def add_member(
+        self, name: str, peer_url: str, client_url: str, *, learner: bool = False
+    ) -> dict[str, Any]:
+        """Add ``name`` as a learner (promoted to voter once caught up, unless ``learner``);
+        the answer's ``command`` is the ``replog serve`` line that starts it."""
+        return self._run(self._calls.add_member(name, peer_url, client_url, learner))
+
+    def remove_member(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        return self._run(self._calls.remove_member(name, force))
+
+    def promote_member(self, name: str) -> dict[str, Any]:
+        return self._run(self._calls.promote_member(name))
+
+    def transfer_leader(self, to: str | None = None) -> dict[str, Any]:
+        """Hand leadership to ``to`` (or the most up-to-date voter); the answer's
+        ``leader_id`` is the new leader."""
+        return self._run(self._calls.transfer_leader(to))
 
     # --- lifetime ---
 

@@ -99,6 +99,7 @@ REQUEST_ID_BYTES = 16
 INBOX_MESSAGES_MAX = 100_000
 CATCH_UP_LAG_ENTRIES = 100  # a member within this many entries of the leader has caught up
 PROMOTE_CHECK_S = 0.5  # how often a leader looks for learners to promote
+DEMOTE_WAIT_S = 2.0  # how long a removal waits for the demoted voter to hear of it
 PUBLISH_RETRY_S = 0.5
 # Request ids of node records (client URLs) start with this; ordinary ids start with 8 random
 # bytes per process, so a clash has odds of 2**-64.
@@ -322,6 +323,7 @@ class Node:
         self._leader_seen = NO_NODE
         self._snapshot_index = 0
         self._was_member = False
+        self._leader_since = 0.0
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -565,14 +567,37 @@ class Node:
         if not new.voters:
             raise WouldLoseQuorum(f"{name} is the last voter; a cluster needs one")
         if not force:
-            self._check_quorum(raft, new, f"removing {name}")
+            await self._check_quorum(raft, new, f"removing {name}")
+            raft = self._leader_core()
+            self._check_no_change_pending(raft)
         if node_id == self.node_id:
             new_leader = await self.transfer_leadership(None)
             log.info("node %s handed leadership to %s to be removed", self.name, new_leader)
             raise NotLeader(raft.leader_id)
         info = self._registry.get(node_id) or MemberInfo(name, "")
-        await self._change(raft, new, info)
+        if config.is_voter(node_id):
+            await self._demote(raft, node_id, info)
+            raft = self._leader_core()
+            self._check_no_change_pending(raft)
+        await self._change(raft, raft.membership.without(node_id), info)
         return info
+
+    async def _demote(self, raft: RaftNode, node_id: int, info: MemberInfo) -> None:
+        """Make a voter a learner before removing it: as a learner it still receives the log,
+        so it learns that it no longer votes and stops campaigning (a removed voter would not
+        hear of its removal: the leader stops replicating to it at once)."""
+        demoted = raft.membership.without(node_id).with_learner(node_id)
+        staying = MemberInfo(info.name, info.peer, info.client, promote=False)
+        self._registry.put(staying)  # or the leader would promote it again
+        index = await self._change(raft, demoted, staying)
+        if not self._heard(node_id):
+            return  # down: there is no one to tell
+        deadline = time.monotonic() + DEMOTE_WAIT_S
+        while time.monotonic() < deadline and raft.role is Role.LEADER:
+            progress = raft.progress.get(node_id)
+            if progress is None or progress.match_index >= index:
+                return
+            await asyncio.sleep(0.01)
 
     async def promote_member(self, name: str) -> MemberInfo:
         """Make the learner ``name`` a voter; refused until it has caught up."""
@@ -592,7 +617,9 @@ class Node:
                 f"{name} is {lag} entries behind the leader (or has not answered recently); "
                 f"it can become a voter once within {CATCH_UP_LAG_ENTRIES}"
             )
-        self._check_quorum(raft, config.with_voter(node_id), f"promoting {name}")
+        await self._check_quorum(raft, config.with_voter(node_id), f"promoting {name}")
+        raft = self._leader_core()
+        self._check_no_change_pending(raft)
         await self._change(raft, config.with_voter(node_id), info)
         return info
 
@@ -609,21 +636,32 @@ class Node:
                 "another membership change is not committed yet; retry once it is"
             )
 
-    def _check_quorum(self, raft: RaftNode, config: Configuration, what: str) -> None:
+    async def _check_quorum(self, raft: RaftNode, config: Configuration, what: str) -> None:
+        """Refuse ``config`` unless a quorum of its voters answered recently. A leader that
+        took office less than one such window ago waits for that long before refusing: it
+        may not have heard from every voter yet."""
         voters = config.voters
-        reachable = sorted(
-            self._registry.name_of(v) for v in voters if v == self.node_id or self._heard(v)
-        )
-        if len(reachable) <= len(voters) // 2:
-            raise WouldLoseQuorum(
-                f"{what} leaves {len(voters)} voters of which only {len(reachable)} answered "
-                f"recently ({', '.join(reachable) or 'none'}); a quorum needs "
-                f"{len(voters) // 2 + 1} (force it if you are sure)"
+        while True:
+            reachable = sorted(
+                self._registry.name_of(v) for v in voters if v == self.node_id or self._heard(v)
             )
+            if len(reachable) > len(voters) // 2:
+                return
+            if time.monotonic() - self._leader_since > self._heard_window_s:
+                break
+            await asyncio.sleep(0.02)
+        raise WouldLoseQuorum(
+            f"{what} leaves {len(voters)} voters of which only {len(reachable)} answered "
+            f"recently ({', '.join(reachable) or 'none'}); a quorum needs "
+            f"{len(voters) // 2 + 1} (force it if you are sure)"
+        )
+
+    @property
+    def _heard_window_s(self) -> float:
+        return max(1.0, 3 * self.options.election_timeout_ms / 1000)
 
     def _heard(self, node_id: int) -> bool:
-        window_s = max(1.0, 3 * self.options.election_timeout_ms / 1000)
-        return time.monotonic() - self._heard_at.get(node_id, -1e9) <= window_s
+        return time.monotonic() - self._heard_at.get(node_id, -1e9) <= self._heard_window_s
 
     def _caught_up(self, raft: RaftNode, node_id: int) -> bool:
         if node_id == self.node_id:
@@ -633,27 +671,35 @@ class Node:
             return False
         return raft.last_index - progress.match_index <= CATCH_UP_LAG_ENTRIES
 
-    async def _change(self, raft: RaftNode, config: Configuration, subject: MemberInfo) -> None:
-        """Propose ``config`` and wait until it is applied here."""
+    async def _change(self, raft: RaftNode, config: Configuration, subject: MemberInfo) -> int:
+        """Propose ``config``, wait until it is applied here, and return its index."""
         members = self._registry.describe(config.members())
         context = encode_context(ChangeContext(subject.name, members))
         term = raft.term
-        try:
-            index = raft.propose_membership(config, context)
-        except ProposalDropped as error:
-            if raft.membership_pending:
-                raise MembershipChangePending(str(error)) from None
-            raise Unavailable(str(error)) from None
-        except ProposalError as error:
-            raise Unavailable(str(error)) from None
+        timeout_s = self.options.request_timeout_ms / 1000
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                index = raft.propose_membership(config, context)
+                break
+            except ProposalDropped as error:
+                if raft.membership_pending:
+                    raise MembershipChangePending(str(error)) from None
+                # A new leader first commits an entry of its term (or a transfer is running).
+                left_s = deadline - time.monotonic()
+                if raft.role is not Role.LEADER or raft.term != term or left_s <= 0:
+                    raise Unavailable(str(error)) from None
+                await self.wait_applied(lambda: False, min(left_s, 0.05))
+            except ProposalError as error:
+                raise Unavailable(str(error)) from None
         self._wake.set()
         log.info("node %s proposed membership change at %d: %s", self.name, index, subject.name)
-        timeout_s = self.options.request_timeout_ms / 1000
         if not await self.wait_applied(lambda: raft.applied_index >= index, timeout_s):
             raise UnknownOutcome("the membership change did not commit in time; it may still apply")
         entry = raft.entry(index)
         if entry is not None and entry.term != term:
             raise Unavailable("leadership changed before the membership change committed")
+        return index
 
     def _maybe_promote_learners(self, raft: RaftNode) -> None:
         """On the leader, about twice a second: promote one caught-up learner that wants it."""
@@ -986,6 +1032,8 @@ class Node:
         metrics = self.metrics
         leader = ready.soft_state.leader_id
         if leader != self._leader_seen:
+            if leader == self.node_id:
+                self._leader_since = time.monotonic()
             if leader != NO_NODE:
                 metrics.leader_changes.inc()
                 log.info("node %s: leader is %s (term %d)", self.name, self.leader, raft.term)
