@@ -10,6 +10,7 @@ from replog.cli.check import check
 from replog.cli.data import data
 from replog.cli.dev import dev
 from replog.cli.kv import KV_COMMANDS, client_group_options
+from replog.cli.member import leader, member
 from replog.cli.serve import serve
 from replog.cli.sim import sim
 from replog.cli.torture import torture
@@ -35,3 +36,5 @@ main.add_command(torture)
 main.add_command(bench)
 for command in KV_COMMANDS:
     main.add_command(command)
+main.add_command(member)
+main.add_command(leader)
