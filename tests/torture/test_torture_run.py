@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from replog.cli import main
+from replog.client import ServerError, Unavailable, UnknownOutcome
 from replog.testing.torture import TortureConfig, TortureReport, find_faketime, run_torture
+from replog.testing.torture_workloads import BankWorkload, FailoverClock
 
 
 def assert_clean(report: TortureReport) -> None:
@@ -26,6 +28,9 @@ def test_bounded_run_with_kills_pauses_and_partitions(tmp_path: Path) -> None:
         faults=("kill", "pause", "partition"),
         clients=4,
         out=tmp_path / "run",
+        # The client reports some writes lost with their node as Unavailable although they were
+        # applied (test_torture_known_bugs.py); until that is fixed, such writes are unknown.
+        unreachable_writes="info",
     )
     report = run_torture(config)
     assert_clean(report)
@@ -55,12 +60,35 @@ def test_config_refuses_bad_values(tmp_path: Path) -> None:
         TortureConfig(workloads=("ledger",))
     with pytest.raises(ValueError, match="faults"):
         TortureConfig(faults=("meteor",))
+    with pytest.raises(ValueError, match="unreachable_writes"):
+        TortureConfig(unreachable_writes="maybe")
+
+
+def test_write_outcomes_follow_the_client_contract(tmp_path: Path) -> None:
+    workload = BankWorkload(tmp_path, lambda: 0.0, FailoverClock(lambda: 0.0))
+    unreachable = Unavailable("no endpoint reachable", code="unreachable")
+    refused = Unavailable("no leader")
+    assert workload._write_outcome(refused) == "fail"
+    assert workload._write_outcome(unreachable) == "fail"
+    assert workload._write_outcome(UnknownOutcome("timed out")) == "info"
+    assert workload._write_outcome(ServerError("boom")) == "info"
+    workload.unreachable_is_info = True
+    assert workload._write_outcome(unreachable) == "info"
+    assert workload._write_outcome(refused) == "fail"
+    workload.history.close()
 
 
 @pytest.mark.slow
 def test_five_nodes_every_fault(tmp_path: Path) -> None:
     faults = ("kill", "pause", "partition", "crash-all", "clock")
-    config = TortureConfig(nodes=5, duration_s=90.0, seed=5, faults=faults, out=tmp_path / "r5")
+    config = TortureConfig(
+        nodes=5,
+        duration_s=90.0,
+        seed=5,
+        faults=faults,
+        out=tmp_path / "r5",
+        unreachable_writes="info",
+    )
     report = run_torture(config)
     assert_clean(report)
     if find_faketime() is not None:
@@ -70,6 +98,11 @@ def test_five_nodes_every_fault(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_three_nodes_crashes_and_clock_jumps(tmp_path: Path) -> None:
     config = TortureConfig(
-        nodes=3, duration_s=90.0, seed=9, faults=("crash-all", "clock", "kill"), out=tmp_path / "r3"
+        nodes=3,
+        duration_s=90.0,
+        seed=9,
+        faults=("crash-all", "clock", "kill"),
+        out=tmp_path / "r3",
+        unreachable_writes="info",
     )
     assert_clean(run_torture(config))

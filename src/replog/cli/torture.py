@@ -86,6 +86,15 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     show_default=True,
     help="Report format.",
 )
+@click.option(
+    "--unreachable-writes",
+    type=click.Choice(["fail", "info"]),
+    default="fail",
+    show_default=True,
+    help="How to record a write that failed with Unavailable because no node answered: fail "
+    "(the client promises it was not applied) or info (unknown; works around a client that "
+    "breaks the promise when the node dies under a write).",
+)
 def torture(
     *,
     nodes: str,
@@ -96,6 +105,7 @@ def torture(
     clients: int,
     out: str | None,
     output: str,
+    unreachable_writes: str,
 ) -> None:
     """Run a cluster of real processes under faults and check what the clients saw.
 
@@ -127,6 +137,7 @@ def torture(
         faults=kinds,
         clients=clients,
         out=folder,
+        unreachable_writes=unreachable_writes,
     )
     click.echo(
         f"torture: seed {seed}, {nodes} nodes, {duration_s:g}s, output in {folder}", err=True
