@@ -31,6 +31,7 @@ WARMUP_S = 2.0
 GAP_S = (1.5, 3.0)
 TAIL_S = 3.0
 STEPS_MAX = 100_000
+LEADER_WAIT_S = 5.0  # a step that needs the leader waits this long for one, then is skipped
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,9 @@ class Nemesis:
 
     def _resolve(self, step: FaultStep) -> tuple[str, int] | None:
         leader = self.cluster.leader()
+        deadline = self.clock() + LEADER_WAIT_S
+        while leader is None and self.clock() < deadline and not self._stop.wait(0.1):
+            leader = self.cluster.leader()
         if step.target.startswith("node:"):
             name = self.cluster.names[int(step.target.split(":")[1]) % len(self.cluster.names)]
             term = leader[1] if leader is not None and leader[0] == name else -1
