@@ -332,7 +332,8 @@ class Api:
         if not self.node.is_leader and FORWARDED_HEADER not in request.headers:
             with contextlib.suppress(ApiError):
                 return await self._forward(request, b"")
-        return self.reply({"members": [_member_json(m) for m in self.node.members()]})
+        listed = [_member_json(m) for m in self.node.members()]
+        return self.reply({"members": listed, "change_pending": self.node.membership_pending})
 
     async def add_member(self, request: web.Request) -> web.Response:
         _query(request, ())

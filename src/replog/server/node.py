@@ -523,6 +523,11 @@ class Node:
             )
         return tuple(sorted(out, key=lambda m: m.name))
 
+    @property
+    def membership_pending(self) -> bool:
+        """Whether the latest membership change is not committed yet (as this node knows)."""
+        return self._core().membership_pending
+
     def member(self, name: str) -> MemberInfo | None:
         """What this node knows of ``name`` (a member or not)."""
         return self._registry.get(node_id_of(name))
