@@ -102,7 +102,8 @@ def test_nemesis_runs_heals_and_logs(tmp_path: Path) -> None:
     killed: list[int] = []
     started = time.monotonic()
     log = tmp_path / "faults.jsonl"
-    nemesis = Nemesis(cluster, steps, lambda: time.monotonic() - started, log, killed.append)
+    clock = lambda: time.monotonic() - started  # noqa: E731
+    nemesis = Nemesis(cluster, steps, clock, log, killed.append, min_gap_s=0.0)
     nemesis.start()
     time.sleep(0.5)
     nemesis.stop()
@@ -115,5 +116,19 @@ def test_nemesis_runs_heals_and_logs(tmp_path: Path) -> None:
     assert "link n1->n2 cut" in cluster.actions and "link n2->n1 cut" in cluster.actions
     assert cluster.actions[-1] == "heal all"
     logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(e["time_s"] < 0.4 for e in logged)
     assert [e["kind"] for e in logged] == [s.kind for s in steps]
     assert logged[0]["detail"] == "killed n1 (leader, term 4), restarted"
+
+
+def test_a_late_step_still_leaves_a_quiet_gap(tmp_path: Path) -> None:
+    steps = [FaultStep(0.0, "kill", "node:1", 0.01), FaultStep(0.0, "kill", "node:2", 0.01)]
+    cluster = FakeCluster()
+    started = time.monotonic()
+    clock = lambda: time.monotonic() - started  # noqa: E731
+    nemesis = Nemesis(cluster, steps, clock, tmp_path / "f.jsonl", print, min_gap_s=0.3)
+    nemesis.start()
+    time.sleep(0.6)
+    nemesis.stop()
+    times = [json.loads(line)["time_s"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert len(times) == 2 and times[1] - times[0] >= 0.3

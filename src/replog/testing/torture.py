@@ -21,6 +21,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ CLIENT_PAUSE_S = 0.01
 SETTLE_TIMEOUT_S = 60.0
 CLIENTS_MAX = 64
 LOG_TAIL_CHARS = 3000
+EXITS_MAX = 20
 
 
 def find_faketime() -> str | None:
@@ -140,6 +142,8 @@ class TortureCluster:
         self.paused: set[str] = set()
         self.clock_offsets_s = dict.fromkeys(self.names, 0.0)
         self.faketime = faketime
+        self.exits: list[str] = []
+        self._noted: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         for src in self.names:
             for dst in self.names:
@@ -200,12 +204,24 @@ class TortureCluster:
         return leader
 
     def _check_exits(self) -> None:
-        """Raise if a node exited on its own (a crash: not our SIGKILL or SIGTERM)."""
+        """Raise if a node exited on its own while we wait for a leader."""
+        self.note_exits()
+        if self.exits:
+            raise RuntimeError(self.exits[-1])
+
+    def note_exits(self) -> None:
+        """Record every node that exited on its own (not by our SIGKILL): a crash is a bug."""
         for node in self.processes.nodes.values():
-            code = None if node.process is None else node.process.poll()
-            if code not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
-                tail = node.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-                raise RuntimeError(f"{node.name} exited with {code}:\n{tail}")
+            process = node.process
+            code = None if process is None else process.poll()
+            if process is None or code is None or code == -signal.SIGKILL:
+                continue
+            if process in self._noted:
+                continue
+            self._noted.add(process)
+            tail = node.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+            if len(self.exits) < EXITS_MAX:
+                self.exits.append(f"{node.name} exited on its own with {code}; log tail:\n{tail}")
 
     def kill(self, name: str) -> None:
         with self._lock:
@@ -214,6 +230,7 @@ class TortureCluster:
 
     def restart(self, name: str) -> None:
         with self._lock:
+            self.note_exits()
             if not self.processes.nodes[name].running:
                 self.processes.start_node(name, wait=False)
 
@@ -254,6 +271,7 @@ class TortureCluster:
     def close(self) -> None:
         for name in list(self.paused):
             self.resume(name)
+        self.note_exits()
         self.processes.stop_all()
         self.proxy.close()
 
@@ -370,6 +388,8 @@ def run_torture(config: TortureConfig) -> TortureReport:
         report.ops[workload.name] = dict(workload.history.counts)
     if run.client_errors:
         report.problems["harness"] = run.client_errors[:20]
+    if run.cluster.exits:
+        report.problems["crashes"] = run.cluster.exits
     report.failover = run.failover.summary()
     (config.out / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report

@@ -18,6 +18,7 @@ one node's clocks, wall and monotonic, through libfaketime; needs the faketime p
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -113,8 +114,11 @@ class Nemesis:
         clock: Callable[[], float],
         log_path: Path,
         on_leader_killed: Callable[[int], None],
+        *,
+        min_gap_s: float = GAP_S[0],
     ) -> None:
         self.cluster = cluster
+        self.min_gap_s = min_gap_s
         self.steps = steps
         self.clock = clock
         self.log_path = log_path
@@ -134,9 +138,13 @@ class Nemesis:
         self.cluster.heal_all()
 
     def _run(self) -> None:
+        ended_s = -math.inf
         with open(self.log_path, "a", encoding="utf-8") as log:
             for step in self.steps:
-                if self._stop.wait(max(0.0, step.at_s - self.clock())):
+                # a step that starts late (slow leader lookup, slow restarts) still leaves the
+                # previous fault its quiet gap
+                start_s = max(step.at_s, ended_s + self.min_gap_s)
+                if self._stop.wait(max(0.0, start_s - self.clock())):
                     return
                 try:
                     detail = self._inject(step)
@@ -147,6 +155,7 @@ class Nemesis:
                 event = {"time_s": round(self.clock(), 3), **step.to_json(), "detail": detail}
                 log.write(json.dumps(event) + "\n")
                 log.flush()
+                ended_s = self.clock()
 
     def _count(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
