@@ -99,6 +99,7 @@ def _assert_same_types(a: object, b: object) -> None:
             _assert_same_types(x, y)
 
 
+@settings(deadline=None)  # a busy machine may pause any example
 @given(messages)
 def test_every_message_round_trips_to_an_equal_value_of_the_same_types(m: Message) -> None:
     decoded = decode_message(encode_message(m))
@@ -198,7 +199,7 @@ def test_encoding_refuses_what_decoding_would_refuse() -> None:
         encode_message(Entry(1, 1))  # type: ignore[arg-type]
 
 
-@settings(max_examples=300)
+@settings(deadline=None, max_examples=300)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_raise_anything_but_codec_error(data: bytes) -> None:
     for decode in (decode_message, decode_inbound, decode_hello, decode_pong):
@@ -225,7 +226,7 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
     return bytes(body)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_frames())
 def test_mutated_frames_decode_to_a_message_or_raise_codec_error(body: bytes) -> None:
     try:
@@ -236,6 +237,7 @@ def test_mutated_frames_decode_to_a_message_or_raise_codec_error(body: bytes) ->
     assert decode_message(encode_message(m)) == m
 
 
+@settings(deadline=None)  # a busy machine may pause any example
 @given(messages)
 def test_size_estimate_is_an_upper_bound(m: Message) -> None:
     assert message_size_bytes(m) >= len(encode_message(m))

@@ -94,7 +94,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages, max_size=8), st.lists(st.integers(0, 1 << 16), max_size=10))
 def test_any_chunking_delivers_the_messages_in_order(
     loop: asyncio.AbstractEventLoop, sent: list[Message], cuts: list[int]
@@ -110,7 +110,7 @@ def _readdress(m: Message) -> Message:
     return dataclasses.replace(m, sender=7, receiver=1)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=5))
 def test_garbage_after_the_hello_never_raises(
     loop: asyncio.AbstractEventLoop, garbage: bytes, cuts: list[int]
@@ -120,7 +120,7 @@ def test_garbage_after_the_hello_never_raises(
         assert m.receiver == 1 and m.sender == 7
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_garbage_instead_of_a_hello_never_raises_nor_delivers(
     loop: asyncio.AbstractEventLoop, garbage: bytes

@@ -127,7 +127,7 @@ def test_chunks_are_views_of_the_snapshot_not_copies() -> None:
 # ---- resuming --------------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None, max_examples=60)
 @given(
     size=st.integers(1, 3000),
     chunk_bytes=st.integers(1, 700),
@@ -325,7 +325,7 @@ def test_acks_are_not_inbound_frames_nor_pongs() -> None:
         decode_pong(ack)
 
 
-@settings(max_examples=200)
+@settings(deadline=None, max_examples=200)
 @given(st.binary(max_size=100))
 def test_random_replies_never_raise_anything_but_codec_error(data: bytes) -> None:
     with contextlib.suppress(CodecError):
