@@ -598,10 +598,13 @@ class Node:
         if not self._heard(node_id):
             return  # down: there is no one to tell
         deadline = time.monotonic() + DEMOTE_WAIT_S
+        silence_s = self.options.election_timeout_ms / 1000
         while time.monotonic() < deadline and raft.role is Role.LEADER:
             progress = raft.progress.get(node_id)
             if progress is None or progress.match_index >= index:
                 return
+            if time.monotonic() - self._heard_at.get(node_id, 0.0) > silence_s:
+                return  # it stopped answering: down, or cut off
             await asyncio.sleep(0.01)
 
     async def promote_member(self, name: str) -> MemberInfo:
