@@ -303,6 +303,27 @@ async def test_a_new_node_catches_up_by_snapshot_and_keeps_its_membership_on_res
             await c.stop(name)
 
 
+async def test_a_node_offline_through_compactions_catches_up_by_snapshot(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, 3, SNAPPY)
+    try:
+        for name in c.initial:
+            await c.start(name)
+        leader = await c.leader()
+        offline = next(n for n in sorted(c.nodes) if n != leader.name)
+        await c.stop(offline)
+        for i in range(200):
+            await leader.propose(b"%d" % i)
+        assert leader.status().snapshot_index >= 150  # compacted many times over
+        back = await c.start(offline)
+        await eventually(lambda: len(items(back)) == 200, f"{offline} to catch up")
+        assert items(back) == [b"%d" % i for i in range(200)]
+        assert back.status().snapshot_index > 0
+        assert {m.name for m in (await c.leader()).members()} == set(c.initial)
+    finally:
+        for name in list(c.nodes):
+            await c.stop(name)
+
+
 async def test_a_change_that_cannot_commit_has_an_unknown_outcome(tmp_path: Path) -> None:
     c = Cluster(
         tmp_path,
