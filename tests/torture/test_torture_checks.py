@@ -138,3 +138,15 @@ def test_append_keys_are_checked_separately() -> None:
         ev("final-n1", "ok", "read", [], key="k2"),
     ]
     assert check_append(pair_events(lines)) == []
+
+
+def test_every_node_must_answer_its_final_read() -> None:
+    lines = [*bank_read(1, {"a": 10, "b": 10}), *finals({"a": 10, "b": 10}, ("n1",))]
+    assert check_bank(pair_events(lines), ACCOUNTS, 20, ["n1"]) == []
+    assert check_bank(pair_events(lines), ACCOUNTS, 20, ["n1", "n2"]) == [
+        "no final read answered by n2"
+    ]
+    appends = [*op(1, "append", "x", "ok"), *finals(["x"], ("n1",))]
+    assert check_append(pair_events(appends), ["n1"]) == []
+    problems = check_append(pair_events(appends), ["n1", "n3"])
+    assert problems == ['key "k": no final read answered by n3']

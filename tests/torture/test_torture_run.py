@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,34 @@ def test_write_outcomes_follow_the_client_contract(tmp_path: Path) -> None:
     assert workload._write_outcome(unreachable) == "info"
     assert workload._write_outcome(refused) == "fail"
     workload.history.close()
+
+
+def test_cli_short_run_without_faults(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    args = ["torture", "--duration", "3", "--faults", "none", "--workload", "register,append",
+            "--clients", "2", "--seed", "4", "--out", str(out), "--output", "json"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["clean"] is True and report["faults"] == {} and report["seed"] == 4
+    assert set(report["ops"]) == {"register", "append"}
+    assert report["verdicts"] == {"register": "linearizable", "append": "ok"}
+
+
+def test_cli_exits_1_and_names_the_folder_on_a_violation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_run(config: TortureConfig) -> TortureReport:
+        report = TortureReport(config.out, config.seed, config.nodes, config.duration_s)
+        report.problems["bank"] = ["read lines 3-4: negative balance {'a': -1}"]
+        return report
+
+    # the module (the package's attribute of that name is the click command)
+    monkeypatch.setattr(sys.modules["replog.cli.torture"], "run_torture", fake_run)
+    result = CliRunner().invoke(main, ["torture", "--seed", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "PROBLEM bank: read lines 3-4: negative balance" in result.output
+    assert f"histories and node logs are in {tmp_path}" in result.output
 
 
 @pytest.mark.slow

@@ -26,6 +26,8 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     if items == ("all",):
         return known
+    if items == ("none",) and what == "fault kind":
+        return ()
     unknown = [item for item in items if item not in known]
     if unknown or not items:
         raise click.BadParameter(
@@ -64,7 +66,7 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     "--faults",
     default="all",
     show_default=True,
-    help=f"Comma-separated fault kinds: {', '.join(FAULT_KINDS)} or all.",
+    help=f"Comma-separated fault kinds: {', '.join(FAULT_KINDS)}, all or none.",
 )
 @click.option(
     "--clients",

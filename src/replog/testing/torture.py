@@ -327,7 +327,9 @@ class _Run:
         process = 0
         for w_index, workload in enumerate(self.workloads):
             for c in range(self.config.clients):
-                pinned = names[c % len(names)] if c < len(names) else None
+                # every client but the last of each workload is pinned to one node, in turn
+                roams = c == self.config.clients - 1 and self.config.clients > 1
+                pinned = None if roams else names[process % len(names)]
                 endpoints = [self.cluster.endpoint(pinned)] if pinned else all_endpoints
                 rng = random.Random(self.config.seed * 1000 + w_index * 100 + c)
                 ctx = ClientContext(process, self.client(endpoints), rng, pinned)
@@ -379,8 +381,11 @@ def run_torture(config: TortureConfig) -> TortureReport:
     run = _Run(config, report)
     try:
         _execute(run, steps)
+    except (TimeoutError, RuntimeError, OSError, ReplogClientError) as error:
+        report.problems["run"] = [f"the run stopped early: {error}"]
     finally:
         run.stop.set()
+        run.stop_clients()
         run.cluster.close()
     for workload in run.workloads:
         report.problems[workload.name] = workload.check()
@@ -417,5 +422,5 @@ def _execute(run: _Run, steps: list[FaultStep]) -> None:
         run.report.problems["nemesis"] = nemesis.errors[:20]
     try:
         run.finish()
-    except (TimeoutError, ReplogClientError) as error:
+    except (TimeoutError, RuntimeError, ReplogClientError) as error:
         run.report.problems["settle"] = [f"the cluster did not settle after healing: {error}"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +105,11 @@ def _decode(item: str | Mapping[str, Any], number: int) -> Mapping[str, Any] | N
     return event
 
 
-def check_bank(ops: list[Op], accounts: list[str], total: int) -> list[str]:
-    """Problems of a bank history (see the module docstring)."""
+def check_bank(
+    ops: list[Op], accounts: list[str], total: int, nodes: Sequence[str] = ()
+) -> list[str]:
+    """Problems of a bank history (see the module docstring); every one of ``nodes`` must
+    have answered its final read."""
     problems: list[str] = []
     finals: dict[str, tuple[Op, dict[str, int]]] = {}
     for op in ops:
@@ -124,12 +127,15 @@ def check_bank(ops: list[Op], accounts: list[str], total: int) -> list[str]:
             problems.append(f"read {op.where()}: negative balance {negative}")
         if op.final:
             finals[str(op.process)] = (op, balances)
-    problems.extend(_finals_disagree(finals))
+    problems.extend(_finals_disagree(finals, nodes))
     return problems[:PROBLEMS_MAX]
 
 
-def _finals_disagree(finals: Mapping[str, tuple[Op, Any]]) -> list[str]:
+def _finals_disagree(finals: Mapping[str, tuple[Op, Any]], nodes: Sequence[str]) -> list[str]:
     views = sorted(finals.items())
+    silent = [n for n in nodes if FINAL_PREFIX + n not in finals]
+    if silent:
+        return [f"no final read answered by {', '.join(silent)}"]
     if not views:
         return ["no final read answered"]
     first_name, (first_op, first) = views[0]
@@ -141,18 +147,19 @@ def _finals_disagree(finals: Mapping[str, tuple[Op, Any]]) -> list[str]:
     ]
 
 
-def check_append(ops: list[Op]) -> list[str]:
-    """Problems of an append history (see the module docstring)."""
+def check_append(ops: list[Op], nodes: Sequence[str] = ()) -> list[str]:
+    """Problems of an append history (see the module docstring); every one of ``nodes`` must
+    have answered its final read of every key."""
     problems: list[str] = []
     by_key: dict[str, list[Op]] = {}
     for op in ops:
         by_key.setdefault(json.dumps(op.key), []).append(op)
     for key, key_ops in sorted(by_key.items()):
-        problems.extend(_check_append_key(key, key_ops))
+        problems.extend(_check_append_key(key, key_ops, nodes))
     return problems[:PROBLEMS_MAX]
 
 
-def _check_append_key(key: str, ops: list[Op]) -> list[str]:
+def _check_append_key(key: str, ops: list[Op], nodes: Sequence[str]) -> list[str]:
     problems: list[str] = []
     reads = [op for op in ops if op.f == "read" and op.outcome == "ok"]
     appends = {op.value: op for op in ops if op.f == "append"}
@@ -167,7 +174,7 @@ def _check_append_key(key: str, ops: list[Op]) -> list[str]:
             )
             break
     finals = {str(op.process): (op, op.result) for op in reads if op.final}
-    problems.extend(f"key {key}: {p}" for p in _finals_disagree(finals))
+    problems.extend(f"key {key}: {p}" for p in _finals_disagree(finals, nodes))
     if finals:
         final = set(next(iter(finals.values()))[1])
         for value, op in appends.items():

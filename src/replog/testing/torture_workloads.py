@@ -164,6 +164,7 @@ class Workload:
         self.failover = failover
         self.history = Recorder(out / f"{self.name}.jsonl", clock)
         self.verdict = "not checked"
+        self.final_nodes: list[str] = []  # the nodes asked for the final state
 
     def setup(self, client: Client) -> None:
         """Prepare the keys before the clients start (retried by the caller)."""
@@ -261,13 +262,11 @@ class BankWorkload(Workload):
 
     def step(self, ctx: ClientContext) -> None:
         if ctx.rng.random() < 0.3:
-            self._read(ctx, ctx.process, ctx.client)
+            self._read(ctx.process, ctx.client)
         else:
             self._transfer(ctx)
 
-    def _read(
-        self, ctx: ClientContext | None, process: int | str, client: Client, **stale: Any
-    ) -> None:
+    def _read(self, process: int | str, client: Client, **stale: Any) -> None:
         self.history.event(process, "invoke", "read", "bank")
         try:
             if stale:
@@ -322,13 +321,14 @@ class BankWorkload(Workload):
 
     def final(self, clients: Sequence[tuple[str, Client]]) -> None:
         revision = _final_revision(clients)
+        self.final_nodes = [name for name, _ in clients]
         for name, client in clients:
-            self._read(None, FINAL_PREFIX + name, client, min_revision=revision)
+            self._read(FINAL_PREFIX + name, client, min_revision=revision)
 
     def check(self) -> list[str]:
         self.history.close()
-        problems = check_bank(pair_events(self.history.path.read_text().splitlines()),
-                              self.accounts, self.total)  # fmt: skip
+        ops = pair_events(self.history.path.read_text().splitlines())
+        problems = check_bank(ops, self.accounts, self.total, self.final_nodes)
         self.verdict = "ok" if not problems else "violation"
         return problems
 
@@ -394,6 +394,7 @@ class AppendWorkload(Workload):
 
     def final(self, clients: Sequence[tuple[str, Client]]) -> None:
         revision = _final_revision(clients)
+        self.final_nodes = [name for name, _ in clients]
         for generation in range(self.generation + 1):
             for name, client in clients:
                 options = {"consistency": "stale", "min_revision": revision}
@@ -401,7 +402,8 @@ class AppendWorkload(Workload):
 
     def check(self) -> list[str]:
         self.history.close()
-        problems = check_append(pair_events(self.history.path.read_text().splitlines()))
+        ops = pair_events(self.history.path.read_text().splitlines())
+        problems = check_append(ops, self.final_nodes)
         self.verdict = "ok" if not problems else "violation"
         return problems
 
