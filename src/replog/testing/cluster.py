@@ -57,7 +57,6 @@ from replog.core.types import (
     Ready,
     Role,
     Snapshot,
-    SnapshotMeta,
 )
 from replog.storage import DiskOp, PowerCut, StorageFailed
 from replog.testing.durable import DurableStore, FaultyDisk, MemoryStore
@@ -336,6 +335,47 @@ class Cluster:
             return
         self._after_input(self.nodes[leader])
 
+    def change_membership(self, rng: random.Random) -> str | None:
+        """Ask the leader for one membership change; returns its kind, or None if refused."""
+        leader = self.leader()
+        node = self.nodes[leader] if leader is not None else None
+        if node is None or node.raft is None or self._paused(node):
+            return None
+        raft = node.raft
+        config = raft.membership
+        choices: list[tuple[str, Configuration]] = []
+        outsiders = [n for n in self.node_ids if n not in config.members()]
+        if outsiders:
+            choices.append(("add-learner", config.with_learner(rng.choice(outsiders))))
+        if config.learners:
+            choices.append(("promote", config.with_voter(rng.choice(sorted(config.learners)))))
+        removable = [v for v in sorted(config.voters) if len(config.voters) > 2]
+        if removable:
+            victim = rng.choice(removable)
+            kind = "remove-leader" if victim == leader else "remove"
+            choices.append((kind, config.without(victim)))
+        choices = [(kind, new) for kind, new in choices if self._can_recover(new)]
+        if not choices:
+            return None
+        kind, new = rng.choice(choices)
+        self.trace.record(
+            f"n{leader} MEMBERSHIP {kind}: voters {sorted(new.voters)} "
+            f"learners {sorted(new.learners)}"
+        )
+        try:
+            raft.propose_membership(new)
+        except ReplogError as error:
+            self.trace.record(f"n{leader} membership change refused: {error}")
+            return None
+        self._after_input(node)
+        return kind
+
+    def _can_recover(self, config: Configuration) -> bool:
+        """A majority of the voters on undamaged disks, so the liveness phase always has a
+        quorum that can start."""
+        healthy = [v for v in config.voters if v not in self.plan.damaged]
+        return 2 * len(healthy) > len(config.voters)
+
     def partition(self, blocked: frozenset[Link], description: str) -> None:
         self.trace.record(f"PARTITION {description}")
         self.network.partition(blocked)
@@ -598,7 +638,8 @@ class Cluster:
         request = node.proposals.pop(command.id, None)
         if request is None or not request.open:
             return
-        stores = self._stores
+        assert node.raft is not None
+        stores = self._voter_stores(node.raft.membership)
         self.checker.acks.observe_ack(node.node_id, entry.index, entry.term, stores, len(stores))
         request.finish("ok" if ok else "fail", None)
 
@@ -638,7 +679,8 @@ class Cluster:
         applied = node.kv.applied_index
         if applied - node.snapshot_index < self.plan.snapshot_interval:
             return
-        meta = SnapshotMeta(applied, node.applied_term, raft.membership)
+        meta = raft.snapshot_meta(applied)  # with the configuration at that index
+        assert meta.term == node.applied_term
         snapshot = Snapshot(meta, node.kv.snapshot_data())
         node.store.save_snapshot(snapshot)
         raft.compact(snapshot, keep_entries=self.plan.keep_entries)
@@ -646,13 +688,18 @@ class Cluster:
         self.snapshots_taken += 1
         self.checker.state_machine.observe_image(node.node_id, applied, image_digest(snapshot.data))
 
+    def _voter_stores(self, config: Configuration) -> list[DurableStore]:
+        return [self.nodes[v].store for v in sorted(config.voters)]
+
     def _observe(self, node: SimNode, raft: RaftNode) -> None:
         checker = self.checker
         node_id = node.node_id
         checker.terms.observe(node_id, raft.term)
         checker.commits.observe(node_id, raft.commit_index)
         if raft.commit_index > checker.acks.checked_to:
-            stores = self._stores
+            # The first node to report a commit is the leader that made it, with the
+            # configuration it counted a majority of.
+            stores = self._voter_stores(raft.membership)
             checker.acks.observe_commit(
                 node_id, raft.commit_index, _term_reader(raft), stores, len(stores)
             )

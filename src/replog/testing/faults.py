@@ -71,6 +71,7 @@ class FaultPlan:
     crashes: bool = False
     pauses: bool = False
     transfers: bool = False
+    membership: bool = False  # add learners, promote them, remove voters (the leader too)
     nemesis_interval_ms: tuple[int, int] = (100, 400)
     downtime_ms: tuple[int, int] = (50, 500)
     snapshot_interval: int = 20
@@ -107,15 +108,16 @@ class FaultPlan:
             keep_entries=rng.choice((0, 0, 3, 20)),
             tick_jitter_ms=rng.choice((0, 1, 3)),
         )
-        if not disk_faults:
-            return plan
-        damaged_count = rng.randint(1, (nodes - 1) // 2) if rng.random() < 0.4 else 0
-        return dataclasses.replace(
-            plan,
-            disk_faults=True,
-            disk_errors=rng.random() < 0.5,
-            damaged=tuple(sorted(rng.sample(range(1, nodes + 1), damaged_count))),
-        )
+        plan = dataclasses.replace(plan, membership=rng.random() < 0.35)
+        if disk_faults:
+            damaged_count = rng.randint(1, (nodes - 1) // 2) if rng.random() < 0.4 else 0
+            plan = dataclasses.replace(
+                plan,
+                disk_faults=True,
+                disk_errors=rng.random() < 0.5,
+                damaged=tuple(sorted(rng.sample(range(1, nodes + 1), damaged_count))),
+            )
+        return plan
 
     def describe(self) -> str:
         parts = [
@@ -127,6 +129,7 @@ class FaultPlan:
             f"crashes={'on' if self.crashes else 'off'}",
             f"pauses={'on' if self.pauses else 'off'}",
             f"transfers={'on' if self.transfers else 'off'}",
+            f"membership={'on' if self.membership else 'off'}",
             f"nemesis every {self.nemesis_interval_ms[0]}-{self.nemesis_interval_ms[1]}ms",
             f"snapshot every {self.snapshot_interval} keep {self.keep_entries}",
             f"tick jitter {self.tick_jitter_ms}ms",
@@ -146,6 +149,8 @@ class FaultPlan:
             actions.append("pause")
         if self.transfers:
             actions.append("transfer")
+        if self.membership:
+            actions += ["member", "member"]
         if self.disk_errors:
             actions.append("disk-error")
         if self.damaged:
@@ -228,6 +233,7 @@ class FaultTarget(Protocol):
     def restart(self, node_id: int) -> None: ...
     def pause(self, node_id: int, duration_ms: int) -> None: ...
     def transfer_leader(self, leader: int, to: int) -> None: ...
+    def change_membership(self, rng: random.Random) -> str | None: ...
     def partition(self, blocked: frozenset[Link], description: str) -> None: ...
     def heal(self) -> None: ...
     def inject_disk_error(self, node_id: int, op: DiskOp, error: int, after: int) -> bool: ...
@@ -287,6 +293,9 @@ class Nemesis:
             self._disk_error()
         elif action == "flip":
             self._flip()
+        elif action == "member":
+            change = self._target.change_membership(self._rng)
+            self._faults[f"member:{change}" if change else "member:refused"] += 1
         else:
             self._transfer()
 

@@ -385,8 +385,9 @@ class Provenance:
 
 class AckDurability:
     """An entry counts as committed, and a write is acknowledged, only once the entry is durable
-    on a majority (Raft 5.3). Each committed index is checked once, when a node first reports
-    it committed; each acknowledgement is checked when it is given."""
+    on a majority of the voters (Raft 5.3; of the configuration in effect, thesis 4.1). Each
+    committed index is checked once, when a node first reports it committed; each
+    acknowledgement is checked when it is given."""
 
     def __init__(self) -> None:
         self.checked_to = 0  # every index up to here was durable on a majority when committed
@@ -418,6 +419,11 @@ class AckDurability:
     def observe_ack(
         self, node: int, index: int, term: int, stores: Sequence[DurableView], voters: int
     ) -> None:
+        """``stores`` are the acknowledging node's voters. An index already checked at its
+        commit passed with the committing leader's configuration, which the acknowledging
+        node may not know yet (a membership change in flight)."""
+        if index <= self.checked_to:
+            return
         holders = sum(1 for store in stores if store.holds(index, term))
         if holders * 2 <= voters:
             raise InvariantViolation(

@@ -28,6 +28,7 @@ reads, faults by kind, violations, seeds per second), keeping the failing seeds'
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import time
 import traceback
@@ -65,6 +66,9 @@ class SimConfig:
     linearizability_time_budget_s: float = 20.0
     ops_max: int = 5000
     disk_faults: bool = False  # I/O errors and bit flips, for stores on a simulated disk
+    # Membership changes need to know which disks are damaged (to keep a healthy majority of
+    # voters); a test that damages disks outside the plan turns them off.
+    membership_changes: bool = True
 
     def cluster_settings(self, rng: random.Random, pauses: bool) -> ClusterSettings:
         if self.vary_tuning:
@@ -141,6 +145,8 @@ class _World:
         self.checker = SafetyChecker()
         plan_rng = random.Random(master.getrandbits(64))
         self.plan = FaultPlan.draw(plan_rng, config.nodes, config.disk_faults)
+        if not config.membership_changes:
+            self.plan = dataclasses.replace(self.plan, membership=False)
         tuning_rng = random.Random(master.getrandbits(64))
         self.settings = config.cluster_settings(tuning_rng, self.plan.pauses)
         self.cluster = Cluster(

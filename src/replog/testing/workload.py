@@ -221,7 +221,8 @@ class LivenessProbe:
         self._started = self._queue.now
         self._attempts = 0
         self._pending: _ProbeRequest | None = None
-        self._target: int | None = None  # applied index every node must reach
+        self._target: int | None = None  # applied index every member must reach
+        self._members: frozenset[int] = frozenset(cluster.node_ids)
         self.done = False
         self.elapsed_ms = 0
 
@@ -235,7 +236,9 @@ class LivenessProbe:
     def committed(self, node: int) -> None:
         raft = self._cluster.nodes[node].raft
         self._target = raft.applied_index if raft is not None else None
-        self._trace.record(f"LIVENESS probe committed, every node must apply {self._target}")
+        if raft is not None:
+            self._members = raft.membership.members()  # removed nodes no longer hear the log
+        self._trace.record(f"LIVENESS probe committed, every member must apply {self._target}")
 
     def _step(self) -> None:
         if self.done:
@@ -267,9 +270,11 @@ class LivenessProbe:
         )
 
     def _all_applied(self, index: int) -> bool:
-        """Every node that could start has applied ``index`` (a node whose store refused to
+        """Every member that could start has applied ``index`` (a node whose store refused to
         recover stays down; the simulator damages at most a minority of disks)."""
-        for node in self._cluster.nodes.values():
+        for node_id, node in self._cluster.nodes.items():
+            if node_id not in self._members:
+                continue
             if node.refused is None and (node.raft is None or node.raft.applied_index < index):
                 return False
         return True
