@@ -178,6 +178,7 @@ def test_replace_a_dead_node(tmp_path: Path, joiners: Joiners) -> None:
         assert keys_on(joiners.client_url("n4")) == {"w/before": "1", "w/after": "2"}
 
 
+@pytest.mark.slow  # the same on one event loop: test_membership_node.py, in a second or two
 def test_a_node_offline_through_many_compactions_catches_up_by_snapshot(tmp_path: Path) -> None:
     snapshots = ("--snapshot-entries", "50", "--snapshot-keep-entries", "10")
     with ProcessCluster(tmp_path / "c", size=3, extra_args=(*FAST_TIMING, *snapshots)) as cluster:
