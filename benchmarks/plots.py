@@ -19,6 +19,7 @@ import datetime
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,11 @@ SWEEPS = {
 
 
 def make(system: str, root: Path, size: int) -> Any:
+    """A fresh cluster in a directory of its own (data of an earlier cluster is never reused)."""
+    path = Path(tempfile.mkdtemp(prefix=f"{system}-{size}-", dir=root))
     if system == "replog":
-        return ReplogSystem(root / f"replog-{size}", size)
-    return EtcdSystem(root / f"etcd-{size}", size)
+        return ReplogSystem(path, size)
+    return EtcdSystem(path, size)
 
 
 def point(system: Any, clients: int, value_size: int, duration_s: float) -> dict[str, Any]:
@@ -65,7 +68,10 @@ def point(system: Any, clients: int, value_size: int, duration_s: float) -> dict
     }
 
 
-def measure(systems: list[str], duration_s: float, tmp: Path) -> dict[str, Any]:
+def measure(
+    systems: list[str], duration_s: float, tmp: Path, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Every sweep for every system; ``save(curves)`` after each system (partial results)."""
     curves: dict[str, Any] = {sweep: {} for sweep in SWEEPS}
     for name in systems:
         for sweep in SWEEPS:
@@ -81,6 +87,7 @@ def measure(systems: list[str], duration_s: float, tmp: Path) -> dict[str, Any]:
             with make(name, tmp, members) as system:
                 result = point(system, 64, 256, duration_s)
                 curves["cluster_size"][name].append({"x": members, **result})
+        save(curves)
     return curves
 
 
@@ -135,16 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.plot_only:
         systems = [s for s in args.systems.split(",") if s in ("replog", "etcd")]
+
+        def save(curves: dict[str, Any]) -> None:
+            document = {
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": machine(),
+                "duration_s": args.duration,
+                "curves": curves,
+            }
+            args.data.parent.mkdir(parents=True, exist_ok=True)
+            args.data.write_text(json.dumps(document, indent=1) + "\n")
+
         with tempfile.TemporaryDirectory(prefix="replog-curves-") as tmp:
-            curves = measure(systems, args.duration, Path(tmp))
-        document = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "duration_s": args.duration,
-            "curves": curves,
-        }
-        args.data.parent.mkdir(parents=True, exist_ok=True)
-        args.data.write_text(json.dumps(document, indent=1) + "\n")
+            measure(systems, args.duration, Path(tmp), save)
     draw(json.loads(args.data.read_text()), args.out_dir)
 
 

@@ -65,7 +65,7 @@ class ReplogSystem:
     cluster: ProcessCluster | None = None
 
     def __enter__(self) -> ReplogSystem:
-        self.cluster = ProcessCluster(self.root, self.size, extra_args=())
+        self.cluster = ProcessCluster(self.root, size=self.size, extra_args=())
         self.cluster.start()
         return self
 
