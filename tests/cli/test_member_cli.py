@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from replog.cli import main
+from replog.client import AsyncClient, MembershipRefused
 from replog.server.supervisor import plan_cluster, ports_in_use
 from replog.testing.processes import ProcessCluster, free_ports, request
 
@@ -144,6 +145,15 @@ def test_http_refusals_and_bad_input(cluster: ProcessCluster) -> None:
     assert (code, body["error"]["code"]) == (404, "member_not_found")
     code, body = post("/v1/leader/transfer", {"to": 7})
     assert (code, body["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_the_async_client_speaks_membership(cluster: ProcessCluster) -> None:
+    async with AsyncClient(cluster.endpoints) as client:
+        body = await client.members()
+        assert {m["id"] for m in body["members"]} == {"n1", "n2", "n3"}
+        with pytest.raises(MembershipRefused) as refused:
+            await client.promote_member("n9")
+        assert refused.value.code == "member_not_found"
 
 
 def test_removal_that_would_lose_quorum_is_refused(cluster: ProcessCluster) -> None:

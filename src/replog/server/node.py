@@ -628,7 +628,7 @@ class Node:
         await self._check_quorum(raft, config.with_voter(node_id), f"promoting {name}")
         raft = self._leader_core()
         self._check_no_change_pending(raft)
-        await self._change(raft, config.with_voter(node_id), info)
+        await self._change(raft, raft.membership.with_voter(node_id), info)
         return info
 
     def _leader_core(self) -> RaftNode:
