@@ -1,4 +1,4 @@
-"""Minimal reproductions of bugs found by ``replog torture`` (xfail until fixed)."""
+"""Minimal reproductions of bugs found by ``replog torture``, kept as regression tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from replog.client import Client, Unavailable, UnknownOutcome
+from replog.client import Client, UnknownOutcome
 
 HEADER = {"node_id": "n1", "leader_id": "n1", "term": 1, "commit_index": 1, "applied_index": 1,
           "revision": 1}  # fmt: skip
@@ -52,15 +52,9 @@ def node_that_dies_on_the_second_request() -> tuple[int, threading.Thread]:
     return server.getsockname()[1], thread
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Unavailable,
-    reason="client bug: a write sent on a kept-alive connection that the node closes without "
-    "answering is retried as if it had never been sent (sync._Connections.exchange treats the "
-    "close as an idle connection gone stale); when no node can be reached afterwards, the "
-    "client raises Unavailable ('certainly not applied') for a write that may have been applied",
-)
 def test_write_lost_with_the_node_is_unknown_not_unavailable() -> None:
+    """A write sent on a kept-alive connection that the node closed without answering may
+    have been applied: when no node answers afterwards, the outcome is unknown."""
     port, thread = node_that_dies_on_the_second_request()
     with Client(f"http://127.0.0.1:{port}", timeout_s=1.0, retry_timeout_s=0.5) as client:
         client.put("a", "1")

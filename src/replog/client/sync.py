@@ -103,7 +103,14 @@ class _Connections:
             try:
                 return self._finish(endpoint, connection, request, reused=True)
             except _StaleConnection:
-                pass  # the node closed an idle connection: one fresh try
+                if request.is_write:
+                    # The node may have read the write before the connection ended (it may
+                    # have been killed just then): a retry must not forget that.
+                    message = (
+                        "no answer: the kept-alive connection closed; the write may have arrived"
+                    )
+                    raise TransportFailure(message, sent=True) from None
+                # A read on an idle connection the node closed: one fresh try.
         return self._finish(endpoint, _open(endpoint, timeout_s), request, reused=False)
 
     def _finish(
