@@ -11,6 +11,7 @@ import pytest
 
 from replog.core import NotLeader
 from replog.errors import UnknownOutcome
+from replog.server.config import ConfigError, load_config
 from replog.server.members import (
     ChangeContext,
     ClientRecord,
@@ -377,3 +378,28 @@ def test_node_snapshots_carry_the_registry_and_read_plain_ones() -> None:
     assert unwrap_snapshot(b"plain machine bytes") == ((), b"plain machine bytes")
     with pytest.raises(ValueError, match="damaged"):
         unwrap_snapshot(wrap_snapshot(members, b"state")[:-3])
+
+
+# ---- the settings of joining ------------------------------------------------------------------
+
+
+def test_join_settings(tmp_path: Path) -> None:
+    base = {"name": "n4", "data_dir": str(tmp_path / "n4")}
+    config = load_config(base, {}, None)
+    assert config.initial_cluster_state == "new" and config.auto_promote
+    joined = load_config(
+        {**base, "initial_cluster": "n1=127.0.0.1:1,n4=127.0.0.1:14400"},
+        {"REPLOG_INITIAL_CLUSTER_STATE": "Existing", "REPLOG_AUTO_PROMOTE": "off"},
+        None,
+    )
+    assert joined.initial_cluster_state == "existing" and not joined.auto_promote
+    with pytest.raises(ConfigError, match="list its members besides this node"):
+        load_config({**base, "initial_cluster_state": "existing"}, {}, None)
+    with pytest.raises(ConfigError, match="unknown cluster state 'maybe'"):
+        load_config({**base, "initial_cluster_state": "maybe"}, {}, None)
+    file = tmp_path / "replog.toml"
+    file.write_text('name = "n4"\nauto-promote = "no"\n')
+    with pytest.raises(ConfigError, match="expected a boolean"):
+        load_config({"data_dir": str(tmp_path / "n4")}, {}, str(file))
+    with pytest.raises(ValueError, match="at least one member"):
+        Node(Register(), name="n4", data_dir=str(tmp_path), peers={"n4": "127.0.0.1:1"}, join=True)
