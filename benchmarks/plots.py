@@ -102,6 +102,7 @@ def draw(document: dict[str, Any], out_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     for sweep, (xlabel, filename) in SWEEPS.items():
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -121,6 +122,9 @@ def draw(document: dict[str, Any], out_dir: Path) -> None:
             axis.set_xticks(ticks, [_tick(x, sweep) for x in ticks])
             axis.minorticks_off()
         right.set_yscale("log")
+        right.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        right.yaxis.set_major_formatter(ScalarFormatter())
+        right.yaxis.set_minor_formatter(NullFormatter())
         figure.suptitle(
             f"puts, {document['duration_s']:g} s per point, {document['machine']} "
             f"({document['date'][:10]})",
