@@ -422,8 +422,7 @@ class Api:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as answer:
-                data = await answer.content.read(FORWARD_ANSWER_BYTES_MAX)
-                status = answer.status
+                status, data = answer.status, await _read_limited(answer)
         except aiohttp.ClientConnectorError as error:
             raise ApiError(
                 503, "unavailable", f"cannot reach the leader {leader}: {error}"
@@ -461,6 +460,16 @@ def make_app(node: Node, kv: KVStore, options: ApiOptions) -> web.Application:
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     return app
+
+
+async def _read_limited(answer: aiohttp.ClientResponse) -> bytes:
+    data = bytearray()
+    async for chunk in answer.content.iter_chunked(64 << 10):
+        data += chunk
+        if len(data) > FORWARD_ANSWER_BYTES_MAX:
+            message = f"the leader's answer is over {FORWARD_ANSWER_BYTES_MAX} bytes"
+            raise ApiError(500, "internal", message)
+    return bytes(data)
 
 
 def join_argv(node: Node, info: MemberInfo, cluster_id: str) -> list[str]:
