@@ -132,3 +132,28 @@ def test_a_late_step_still_leaves_a_quiet_gap(tmp_path: Path) -> None:
     nemesis.stop()
     times = [json.loads(line)["time_s"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert len(times) == 2 and times[1] - times[0] >= 0.3
+
+
+class LeaderlessCluster(FakeCluster):
+    def leader(self) -> tuple[str, int] | None:
+        return None
+
+
+def test_without_a_leader_only_leader_faults_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("replog.testing.torture_faults.LEADER_WAIT_S", 0.05)
+    steps = [
+        FaultStep(0.0, "pause", "leader", 0.01),
+        FaultStep(0.0, "partition", "leader", 0.01, shape="halves", mode="drop", seed=1),
+    ]
+    cluster = LeaderlessCluster()
+    started = time.monotonic()
+    clock = lambda: time.monotonic() - started  # noqa: E731
+    nemesis = Nemesis(cluster, steps, clock, tmp_path / "f.jsonl", print, min_gap_s=0.0)
+    nemesis.start()
+    time.sleep(0.4)
+    nemesis.stop()
+    assert nemesis.counts == {"skipped (no leader)": 1, "partition:halves": 1}
+    assert not any(a.startswith("pause") for a in cluster.actions)
+    assert sum(a.startswith("link") for a in cluster.actions) == 4  # 1 node against 2

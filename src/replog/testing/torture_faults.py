@@ -32,6 +32,7 @@ WARMUP_S = 2.0
 GAP_S = (1.5, 3.0)
 TAIL_S = 3.0
 STEPS_MAX = 100_000
+LEADERLESS_SHAPES = ("halves", "bridge", "slow")  # partitions that do not need the leader
 LEADER_WAIT_S = 5.0  # a step that needs the leader waits this long for one, then is skipped
 
 
@@ -180,6 +181,8 @@ class Nemesis:
             for name in self.cluster.names:
                 self.cluster.restart(name)
             return "killed and restarted every node"
+        if step.kind == "partition" and step.shape in LEADERLESS_SHAPES:
+            return self._partition(step, "")
         target = self._resolve(step)
         if target is None:
             self._count("skipped (no leader)")
