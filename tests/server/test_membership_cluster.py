@@ -142,6 +142,7 @@ def test_grow_to_five_and_shrink_to_three_under_writes(tmp_path: Path, joiners: 
                 joiners.start(name, answer["argv"])
                 wait_until(lambda name=name: name in voters(cluster.endpoints[2]), f"{name} voter")
             assert voters(cluster.endpoints[0]) == {"n1", "n2", "n3", "n4", "n5"}
+            assert admin.transfer_leader("n1")["leader_id"] == "n1"  # n1 removes itself below
             for name in ("n1", "n2"):
                 admin.remove_member(name)
                 cluster.stop(name)
