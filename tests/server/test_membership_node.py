@@ -238,6 +238,22 @@ async def test_the_leader_removing_itself_hands_over_first(cluster: Cluster) -> 
     assert new_leader.is_leader and not leader.is_leader
 
 
+async def test_a_node_removed_while_down_does_not_disturb_the_cluster(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    await leader.propose(b"x")
+    gone = next(n for n in sorted(cluster.nodes) if n != leader.name)
+    await cluster.stop(gone)
+    await leader.remove_member(gone)
+    term = leader.status().term
+    back = await cluster.start(gone)  # it never heard of its removal
+    for i in range(20):
+        await leader.propose(b"%d" % i)
+        await asyncio.sleep(0.05)
+    assert leader.is_leader and leader.status().term == term
+    assert not back.is_leader
+    assert gone not in roles(leader)
+
+
 async def test_leadership_transfer_to_a_chosen_voter_and_to_the_most_up_to_date(
     cluster: Cluster,
 ) -> None:
