@@ -1,7 +1,8 @@
 """The peer transport: Raft messages between nodes over TCP, framed msgpack, never pickle.
 
 ``PeerTransport`` (tcp.py) owns the connections, queues and handshake; ``encode_message`` /
-``decode_message`` (codec.py) own the wire format; ``loopback_cluster`` starts a local cluster
+``decode_message`` (codec.py) own the wire format; snapshots.py streams a large
+InstallSnapshot in checksummed, resumable chunks; ``loopback_cluster`` starts a local cluster
 of transports for tests.
 """
 
