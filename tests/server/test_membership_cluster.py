@@ -171,9 +171,14 @@ def test_replace_a_dead_node(tmp_path: Path, joiners: Joiners) -> None:
             joiners.start("n4", answer["argv"])
             wait_until(lambda: "n4" in voters(cluster.endpoints[1]), "n4 to become a voter")
             client.put("w/after", "2")
-            listed = members(joiners.client_url("n4"))
-            assert set(listed) == {"n1", "n2", "n4"}
-            assert all(m["caught_up"] and m["client_url"] for m in listed.values()), listed
+            assert set(members(joiners.client_url("n4"))) == {"n1", "n2", "n4"}
+            wait_until(  # client URLs are published through the log, soon after a node starts
+                lambda: all(
+                    m["caught_up"] and m["client_url"]
+                    for m in members(joiners.client_url("n4")).values()
+                ),
+                "every member caught up, with its client URL",
+            )
         cluster.stop("n1")  # n2 and n4 still form a quorum of three
         wait_until(lambda: keys_on(joiners.client_url("n4")).get("w/after") == "2", "n4 serving")
         assert keys_on(joiners.client_url("n4")) == {"w/before": "1", "w/after": "2"}

@@ -731,8 +731,13 @@ class Node:
             return
 
     async def _publish_client_url(self) -> None:
-        """Publish this node's client URL through the log once it is a member."""
-        timeout_s = self.options.request_timeout_ms / 1000
+        """Publish this node's client URL through the log once it is a member. An attempt
+        whose forward to the leader was lost (the leader changed) is retried after a few
+        election timeouts, not after a whole request timeout."""
+        timeout_s = min(
+            self.options.request_timeout_ms / 1000,
+            max(1.0, 4 * self.options.election_timeout_ms / 1000),
+        )
         while not self.stopped:
             raft = self._core()
             info = self._registry.get(self.node_id)
