@@ -5,9 +5,9 @@ a ``PeerTransport`` and the application's ``StateMachine``. Exactly one task, th
 touches the core. Everything else (the transport's reader, HTTP handlers, the tick timer) only
 appends to an inbox and sets the ``_wake`` event. Each round of the driver:
 
-1. runs the ticks that are due (as many as wall-clock time says, so a stalled loop never makes
-   time run slow for the lease), steps the inbound messages, hands over the waiting proposals
-   and read requests (all reads of one round share one ReadIndex);
+1. steps the inbound messages, runs the ticks that are due (as many as the monotonic clock
+   says, so a stalled loop never makes time run slow for the lease), hands over the waiting
+   proposals and read requests (all reads of one round share one ReadIndex);
 2. while the core has a Ready: persists it (one write + one fsync, on a storage thread, so the
    loop keeps accepting requests that batch into the next Ready), sends its messages, restores
    a snapshot if it carries one, applies the committed entries in order, serves the read
@@ -819,8 +819,11 @@ class Node:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
-                self._run_ticks(raft)
+                # Messages that arrived during a stall first (a follower hears the leader
+                # before its clock says the leader is gone), then the time that passed, then
+                # the requests (a lease read is judged after every elapsed tick is counted).
                 self._step_inbox(raft)
+                self._run_ticks(raft)
                 self._hand_over_proposals(raft)
                 self._hand_over_reads(raft)
                 self._maybe_promote_learners(raft)
