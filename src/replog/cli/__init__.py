@@ -22,8 +22,10 @@ from replog.cli.torture import torture
 def main() -> None:
     """replog: a replicated log (Raft) for Python.
 
-    Run `replog COMMAND --help` for the details of a command. The client options given here
-    (before COMMAND) apply to the client commands (put, get, del, list, txn, watch, status).
+    Start here: `replog dev` runs a local 3-node cluster; then `replog put KEY VALUE`,
+    `replog get KEY`, `replog status`. Run `replog COMMAND --help` for the details of a command.
+    The client options given here (before COMMAND) apply to the client commands (put, get, del,
+    list, txn, watch, status, member, leader).
     """
 
 
