@@ -8,9 +8,10 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
 1. steps the inbound messages, runs the ticks that are due (as many as the monotonic clock
    says, so a stalled loop never makes time run slow for the lease), hands over the waiting
    proposals and read requests (all reads of one round share one ReadIndex);
-2. while the core has a Ready: persists it (one write + one fsync, on a storage thread, so the
-   loop keeps accepting requests that batch into the next Ready), sends its messages, restores
-   a snapshot if it carries one, applies the committed entries in order, serves the read
+2. while the core has a Ready: sends the leader's appends and heartbeats, persists it (one
+   write + one fsync, on a storage thread, so the loop keeps accepting requests that batch
+   into the next Ready; skipped when only the commit index changed), sends the other
+   messages, restores a snapshot if it carries one, applies the committed entries in order, serves the read
    states whose index is applied, and calls ``advance``: the Ready contract of the core;
 3. takes a snapshot when the ``SnapshotPolicy`` says so, and compacts the log.
 
@@ -918,20 +919,23 @@ class Node:
 
     async def _handle_ready(self, raft: RaftNode, ready: Ready) -> None:
         storage = self._storage
-        assert storage is not None and self._transport is not None
-        if ready.must_sync():
+        transport = self._transport
+        assert storage is not None and transport is not None
+        self._learn_entries(ready.entries)  # new members' addresses, before anything is sent
+        self._sync_peers(raft)
+        for message in ready.messages_before_persist():
+            transport.send(message)  # our fsync overlaps the followers' (a refusal is counted)
+        if ready.must_sync():  # a commit-only change is not worth an fsync
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
             if ready.entries:
                 self.metrics.batch_entries.observe(len(ready.entries))
+        for message in ready.messages_after_persist():
+            transport.send(message)
         if ready.snapshot is not None:
             self._restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
-        self._learn_entries(ready.entries)
-        self._sync_peers(raft)
-        for message in ready.messages:
-            self._transport.send(message)  # a refused message is counted by the transport
         self._apply(ready)
         for read_state in ready.read_states:
             batch = self._waiting.reads_by_context.pop(read_state.context, None)

@@ -9,8 +9,9 @@ snapshot and the log after a restart), and the requests of clients waiting on th
 ``Cluster`` drives every node the way the server runtime will. Each input (a tick, a message,
 a proposal, a read) is followed by ``_drive``, the Ready loop in the contract's order:
 
-1. ``store.save(ready)``: hard state, snapshot, entries, durable when it returns;
-2. hand ``ready.messages`` to the simulated network;
+1. ``store.save(ready)`` when ``must_sync()``: hard state, snapshot, entries, durable when it
+   returns (the leader's appends and heartbeats leave just before it, as in the server);
+2. hand the rest of ``ready.messages`` to the simulated network;
 3. restore the snapshot into the state machine, apply the committed entries in order, note
    the read states;
 4. ``advance(ready)``,
@@ -561,12 +562,14 @@ class Cluster:
             if not raft.has_ready():
                 break
             ready = raft.ready()
+            for message in ready.messages_before_persist():
+                self.network.send(message)  # the leader's fsync overlaps its followers'
             try:
                 self._persist(node, raft, ready)
             except (StorageFailed, PowerCut) as error:
                 self._halt(node, error)
                 return
-            for message in ready.messages:
+            for message in ready.messages_after_persist():
                 self.network.send(message)
             self._apply(node, raft, ready)
             raft.advance(ready)
@@ -600,7 +603,8 @@ class Cluster:
             entries=ready.entries,
             has_snapshot=ready.snapshot is not None,
         )
-        store.save(ready)
+        if ready.must_sync():  # a commit-only change is re-learned from the leader
+            store.save(ready)
         if ready.hard_state is not None:
             # Only once durable: a term whose save failed was never acted on and may be lost.
             checker.terms.observe(node.node_id, ready.hard_state.term)
