@@ -29,9 +29,6 @@ def test_bounded_run_with_kills_pauses_and_partitions(tmp_path: Path) -> None:
         faults=("kill", "pause", "partition"),
         clients=4,
         out=tmp_path / "run",
-        # The client reports some writes lost with their node as Unavailable although they were
-        # applied (test_torture_known_bugs.py); until that is fixed, such writes are unknown.
-        unreachable_writes="info",
     )
     report = run_torture(config)
     assert_clean(report)
@@ -116,7 +113,6 @@ def test_five_nodes_every_fault(tmp_path: Path) -> None:
         seed=5,
         faults=faults,
         out=tmp_path / "r5",
-        unreachable_writes="info",
     )
     report = run_torture(config)
     assert_clean(report)
@@ -132,6 +128,5 @@ def test_three_nodes_crashes_and_clock_jumps(tmp_path: Path) -> None:
         seed=9,
         faults=("crash-all", "clock", "kill"),
         out=tmp_path / "r3",
-        unreachable_writes="info",
     )
     assert_clean(run_torture(config))
