@@ -11,8 +11,10 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
 2. while the core has a Ready: sends the leader's appends and heartbeats, persists it (one
    write + one fsync, on a storage thread, so the loop keeps accepting requests that batch
    into the next Ready; skipped when only the commit index changed), sends the other
-   messages, restores a snapshot if it carries one, applies the committed entries in order, serves the read
-   states whose index is applied, and calls ``advance``: the Ready contract of the core;
+   messages, restores a snapshot if it carries one, applies the committed entries in order,
+   serves the read states whose index is applied, and calls ``advance``: the Ready contract
+   of the core. Callers get their results through ``Completions``, a slice per turn of the
+   loop, so a large batch of commits cannot hold back the timer (and the heartbeats);
 3. takes a snapshot when the ``SnapshotPolicy`` says so, and compacts the log.
 
 Every command in the log starts with a 16-byte request id (8 random bytes per process + a
@@ -76,6 +78,7 @@ from replog.core import (
 )
 from replog.core.types import decode_config
 from replog.errors import Unavailable, UnknownOutcome
+from replog.server.completions import Completions
 from replog.server.config import CLUSTER_MEMBERS_MAX, check_name, node_id_of, parse_address
 from replog.server.members import (
     ChangeContext,
@@ -308,6 +311,7 @@ class Node:
         self._heard_at: dict[int, float] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
         self._wake = asyncio.Event()
+        self._completions = Completions()
         self._inbox: list[Message] = []
         self._waiting = _Waiting()
         self._applied = asyncio.Event()
@@ -358,6 +362,7 @@ class Node:
         self._ticked_to = time.monotonic()
         self._timer = loop.call_at(self._next_tick, self._on_timer)
         self._driver = asyncio.create_task(self._drive(), name=f"replog-driver-{self.name}")
+        self._completions.start()
         if self.client_url:
             self._publisher = asyncio.create_task(
                 self._publish_client_url(), name=f"replog-publish-{self.name}"
@@ -381,6 +386,7 @@ class Node:
                 await self._driver
         if self._transport is not None:
             await self._transport.close()
+        await self._completions.close()  # results already known reach their callers
         self._fail_all(NodeStopped(f"node {self.name} stopped"))
         self._applied.set()
         if self._storage is not None:
@@ -953,17 +959,16 @@ class Node:
                 request_id = entry.data[:REQUEST_ID_BYTES]
                 result = self._apply_command(request_id, entry.data[REQUEST_ID_BYTES:])
                 proposal = waiting.by_request.pop(request_id, None)
-                if proposal is not None and not proposal.future.done():
-                    proposal.future.set_result(result)
+                if proposal is not None:
+                    self._completions.result(proposal.future, result)
             elif entry.kind is EntryKind.CONFIG:
                 self._config_committed(entry)
             expected = waiting.by_index.pop(entry.index, None)
             if expected is not None and expected != request_id:
                 lost = waiting.by_request.pop(expected, None)
-                if lost is not None and not lost.future.done():
-                    lost.future.set_exception(
-                        Unavailable("leadership changed before the write committed")
-                    )
+                if lost is not None:
+                    error = Unavailable("leadership changed before the write committed")
+                    self._completions.exception(lost.future, error)
         if ready.committed_entries or ready.snapshot is not None:
             self._applied.set()
             self._applied = asyncio.Event()
@@ -1044,8 +1049,7 @@ class Node:
                 kept.append((index, futures))
                 continue
             for future in futures:
-                if not future.done():
-                    future.set_result(index)
+                self._completions.result(future, index)
         waiting.reads_by_index = kept
 
     def _observe(self, raft: RaftNode, ready: Ready) -> None:
