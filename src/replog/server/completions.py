@@ -22,9 +22,7 @@ class Completions:
     def __init__(self, slice_size: int = SLICE_DEFAULT) -> None:
         assert slice_size >= 1
         self._slice = slice_size
-        self._queue: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = (
-            collections.deque()
-        )
+        self._queue: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
