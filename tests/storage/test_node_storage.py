@@ -414,3 +414,35 @@ def test_read_errors_do_not_fail_the_storage() -> None:
     assert not storage.failed
     assert storage.entries(1, 3) == list(model.entries[:2])
     storage.close()
+
+
+def test_a_repair_mark_written_into_a_new_segment_is_read_back() -> None:
+    """Regression (found by the simulator): recovery records a snapshot that is ahead of the
+    whole log with a mark batch. When the last segment had no room for it, the mark opened a
+    new segment whose header already counted the mark, and the next recovery refused the log
+    ("segment starts at index 49, log ends at 40")."""
+    disk = SimDisk(random.Random(3))
+    storage, model = _open(disk)
+    segments = storage._wal.segments
+    mark_bytes = 30  # a batch with only a hard state and a snapshot mark
+    while not segments or SMALL.segment_bytes - segments[-1].size >= mark_bytes:
+        first = model.last_index + 1
+        op = Save(HardState(2, 1, first - 1), _entries(first, 1, 2, size=1))
+        run_op(storage, op)
+        model.apply(op)
+    snapshot_index = model.last_index + 8
+    snapshot = Snapshot(SnapshotMeta(snapshot_index, 3, CONFIG))
+    op = Save(HardState(3, 0, snapshot_index), (), snapshot)
+    disk.fail_next(DiskOp.WRITE, path_contains=".wal")  # the snapshot file lands, the batch not
+    with pytest.raises(StorageFailed):
+        run_op(storage, op)
+    storage.close()
+    disk.clear_faults()
+    disk.crash()
+    storage, state = NodeStorage.open(disk, DIR, "cluster-a", 1, SMALL)  # writes the mark
+    assert state.snapshot is not None and state.snapshot.meta.index == snapshot_index
+    model = Model.from_state(state)
+    op2 = Save(HardState(3, 0, snapshot_index), _entries(snapshot_index + 1, 2, 3))
+    run_op(storage, op2)
+    model.apply(op2)
+    assert _reopen(disk, storage).view() == model.view()

@@ -147,7 +147,7 @@ class NodeStorage:
         if plan.snapshot is not None:
             storage._snapshot_meta = plan.snapshot.meta
         if plan.repair_mark is not None or plan.repair_hard_state:
-            wal.write_batch(plan.hard_state, (), plan.repair_mark)
+            wal.write_batch(plan.hard_state, (), plan.repair_mark, may_roll=False)
         return storage, plan.persistent_state()
 
     # ---- state -----------------------------------------------------------------------------

@@ -111,14 +111,18 @@ class Wal:
         hard_state: HardState,
         entries: Sequence[Entry],
         mark: tuple[int, int, bool] | None,
+        *,
+        may_roll: bool = True,
     ) -> None:
         """Append one batch durably (one write, one fsync). Raises ``OSError`` with the
-        in-memory state unchanged; the caller must then stop writing."""
+        in-memory state unchanged; the caller must then stop writing. ``may_roll=False``
+        keeps the batch in the last segment even past its size: recovery's repair mark must
+        follow the log it repairs (a new segment's header would describe the log after it)."""
         buffer, locations = encode_batch(
             self.next_batch, hard_state, entries, mark, self.part_bytes
         )
         active = self.segments[-1] if self.segments else None
-        if active is None or self._is_full(active, len(buffer)):
+        if active is None or (may_roll and self._is_full(active, len(buffer))):
             segment, header = self._new_segment()
             handle = self.disk.open(self.path(segment), OpenMode.CREATE)
             try:
