@@ -882,6 +882,8 @@ class RaftNode:
                 )
             ),
             read_states=tuple(self._read_states),
+            vote_changed=(hard.term, hard.voted_for)
+            != (self._prev_hard.term, self._prev_hard.voted_for),
         )
         self._msgs = []
         self._read_states = []

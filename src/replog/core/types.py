@@ -300,7 +300,9 @@ class Ready:
 
     1. when ``must_sync()``: persist ``hard_state`` (when not None), ``snapshot`` (when not
        None) and ``entries`` (an entry at index i replaces any stored entry at i and everything
-       after it), with a single fsync for the whole batch;
+       after it), with a single fsync for the whole batch. A Ready whose only durable change is
+       the commit index need not be persisted: a restarted node learns it again from the
+       leader (it persists with the next batch);
     2. send ``messages`` (they may depend on the state made durable in step 1; a leader's
        ``AppendEntries`` and ``Heartbeat`` do not, and may leave before step 1, so the leader's
        fsync overlaps its followers': the leader counts itself only for what ``advance``
@@ -318,6 +320,7 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
+    vote_changed: bool = True  # the term or the vote differs from the previous Ready's
 
     def messages_before_persist(self) -> tuple[Message, ...]:
         """The leader's appends and heartbeats: they may leave before step 1."""
@@ -327,10 +330,9 @@ class Ready:
         return tuple(m for m in self.messages if not isinstance(m, AppendEntries | Heartbeat))
 
     def must_sync(self) -> bool:
-        """Whether step 1 is needed. A change of the commit index alone counts too: skipping
-        it (as etcd does) made a recovery in the simulator refuse a valid log (seed 20169 of
-        `replog sim --nodes 5`), which is not understood yet."""
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+        """Whether step 1 is needed: new entries, a snapshot, or a new term or vote (Raft's
+        persistent state; the commit index is not)."""
+        return bool(self.entries) or self.snapshot is not None or self.vote_changed
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
    proposals and read requests (all reads of one round share one ReadIndex);
 2. while the core has a Ready: sends the leader's appends and heartbeats, persists it (one
    write + one fsync, on a storage thread, so the loop keeps accepting requests that batch
-   into the next Ready), sends the other
+   into the next Ready; skipped when only the commit index changed), sends the other
    messages, restores a snapshot if it carries one, applies the committed entries in order,
    serves the read states whose index is applied, and calls ``advance``: the Ready contract
    of the core. Callers get their results through ``Completions``, a slice per turn of the
@@ -931,7 +931,7 @@ class Node:
         self._sync_peers(raft)
         for message in ready.messages_before_persist():
             transport.send(message)  # our fsync overlaps the followers' (a refusal is counted)
-        if ready.must_sync():
+        if ready.must_sync():  # a commit-only change is not worth an fsync
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)

@@ -603,7 +603,7 @@ class Cluster:
             entries=ready.entries,
             has_snapshot=ready.snapshot is not None,
         )
-        if ready.must_sync():
+        if ready.must_sync():  # a commit-only change is re-learned from the leader
             store.save(ready)
         if ready.hard_state is not None:
             # Only once durable: a term whose save failed was never acted on and may be lost.
