@@ -208,6 +208,15 @@ def run_until(cluster: Cluster, done: Callable[[], bool], events: int = 20_000) 
     raise AssertionError("not done in time")
 
 
+class _Request:
+    """A client request nobody waits for."""
+
+    open = True
+
+    def finish(self, outcome: str, value: int | None) -> None:
+        self.open = False
+
+
 @pytest.mark.parametrize("fault", ["disk:storage-failed", "disk:power-cut"])
 def test_a_failed_save_stops_the_node_until_it_restarts_through_recovery(fault: str) -> None:
     faults: collections.Counter[str] = collections.Counter()
@@ -220,6 +229,8 @@ def test_a_failed_save_stops_the_node_until_it_restarts_through_recovery(fault: 
         assert cluster.cut_power(leader, DiskOp.FSYNC, 0)
     else:
         assert cluster.inject_disk_error(leader, DiskOp.FSYNC, errno.EIO, 0)
+    # An idle leader has nothing to fsync (a commit alone is not synced): give it a write.
+    cluster.propose(leader, Command("w1", "write", "k", 1), _Request())
     run_until(cluster, lambda: not cluster.is_up(leader))
     assert faults[fault] == 1
     run_until(cluster, lambda: cluster.is_up(leader))
