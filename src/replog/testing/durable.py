@@ -32,6 +32,7 @@ found corruption) leaves its node down for the rest of the run. A store that als
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from typing import Protocol, runtime_checkable
 
@@ -151,7 +152,13 @@ class MemoryStore:
         self.snapshot = snapshot
 
     def crash_and_recover(self) -> PersistentState:
-        return PersistentState(self.hard_state, self.snapshot, tuple(self._entries))
+        # A snapshot covers only committed entries, so the commit index is at least its index
+        # (the stored one may lag: a commit-only change is not persisted); the WAL's recovery
+        # reports the same.
+        hard = self.hard_state
+        if hard.commit_index < self.snapshot_index:
+            hard = dataclasses.replace(hard, commit_index=self.snapshot_index)
+        return PersistentState(hard, self.snapshot, tuple(self._entries))
 
     def _install(self, snapshot: Snapshot) -> None:
         if snapshot.meta.index <= self.snapshot_index:
