@@ -18,7 +18,7 @@ from aiohttp import web
 from replog.server.config import ServerConfig
 from replog.server.http import ApiOptions, make_app
 from replog.server.node import Node, NodeOptions
-from replog.statemachines.kv import KVLimits, KVStore
+from replog.statemachines import KVLimits, KVStore
 from replog.storage import StorageError
 
 log = logging.getLogger("replog.server")

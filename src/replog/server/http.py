@@ -34,7 +34,7 @@ from replog.errors import Unavailable, UnknownOutcome
 from replog.server.config import parse_address
 from replog.server.members import MemberInfo
 from replog.server.node import MembershipError, MemberStatus, Node, NodeOptions
-from replog.statemachines.kv import (
+from replog.statemachines import (
     Compacted,
     Delete,
     DeleteResult,

@@ -40,14 +40,13 @@ from typing import Any
 import msgspec
 
 from replog.core.errors import ReplogError
-from replog.statemachines.commands import (  # re-exported: the KV store's whole vocabulary
+from replog.statemachines.commands import (
     ApplyResult,
     Compare,
     Delete,
     DeleteResult,
     ErrorResult,
     Event,
-    Get,
     GetResult,
     InvalidCommand,
     KeyValue,
@@ -55,7 +54,6 @@ from replog.statemachines.commands import (  # re-exported: the KV store's whole
     Put,
     PutResult,
     Request,
-    TooLarge,
     Txn,
     TxnOp,
     TxnResult,
@@ -64,49 +62,7 @@ from replog.statemachines.commands import (  # re-exported: the KV store's whole
     check_request,
     decode_request,
     encode_op,
-    encode_request,
 )
-from replog.statemachines.kvjson import (
-    bytes_from_json,
-    decode_base64,
-    event_to_json,
-    kv_to_json,
-    result_to_json,
-    txn_from_json,
-)
-
-__all__ = [
-    "ApplyResult",
-    "Compacted",
-    "Compare",
-    "Delete",
-    "DeleteResult",
-    "ErrorResult",
-    "Event",
-    "Get",
-    "GetResult",
-    "InvalidCommand",
-    "InvalidSnapshot",
-    "KVLimits",
-    "KVStore",
-    "KeyValue",
-    "Put",
-    "PutResult",
-    "Request",
-    "TooLarge",
-    "Txn",
-    "TxnResult",
-    "bytes_from_json",
-    "check_request",
-    "decode_base64",
-    "decode_request",
-    "encode_request",
-    "event_to_json",
-    "kv_to_json",
-    "prefix_end",
-    "result_to_json",
-    "txn_from_json",
-]
 
 _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
