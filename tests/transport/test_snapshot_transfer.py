@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +24,8 @@ from replog.core.types import (
 from replog.transport import PeerTransport
 from replog.transport.snapshots import WINDOW_CHUNKS
 
+from .test_tcp import free_port
+
 CLUSTER = "snapshot-cluster"
 LOCALHOST = "127.0.0.1"
 FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.1, "connect_timeout_s": 0.5}
@@ -38,12 +39,6 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.002)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOCALHOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def install(size: int, index: int = 100, term: int = 2, seed: int = 0) -> InstallSnapshot:
