@@ -67,7 +67,7 @@ def test_port_plan() -> None:
 
 @pytest.mark.parametrize(
     ("nodes", "base", "message"),
-    [(0, 14300, "between 1 and 9"), (10, 14300, "between 1 and 9"), (3, 65500, "65602")],
+    [(0, 14300, "between 1 and 9"), (10, 14300, "between 1 and 9"), (3, 65500, "65702")],
 )
 def test_bad_plans(nodes: int, base: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -19,6 +19,7 @@ import click
 
 from replog.server.supervisor import (
     DEFAULT_BASE_PORT,
+    HOST,
     NODES_MAX,
     NodePlan,
     Supervisor,
@@ -53,7 +54,8 @@ EXIT_FAILED = 1
     type=click.IntRange(1, 65535),
     default=DEFAULT_BASE_PORT,
     show_default=True,
-    help="Client port of n1; node i listens on P+i-1 (client) and P+100+i-1 (peer).",
+    help="Client port of n1; node i listens on P+i-1 (client), P+100+i-1 (peer) and "
+    "P+200+i-1 (binary client protocol).",
 )
 @click.option(
     "--print-only",
@@ -98,7 +100,10 @@ def _supervise(cluster: Sequence[NodePlan]) -> int:
     try:
         supervisor.start()
         for node in cluster:
-            _say(f"{node.name}: {node.client_url}   (data {node.data_dir}, log {node.log_path})")
+            _say(
+                f"{node.name}: {node.client_url}   (rpc {HOST}:{node.rpc_port}, "
+                f"data {node.data_dir}, log {node.log_path})"
+            )
         code = supervisor.run()
     except OSError as error:
         click.echo(f"error: cannot start the nodes: {error}", err=True)

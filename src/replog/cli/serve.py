@@ -59,6 +59,12 @@ _OPTIONS = [
         "[default: LISTEN-PEER]",
     ),
     _flag(
+        "--listen-rpc",
+        "HOST:PORT",
+        "Binary client protocol address (docs/rpc-protocol.md), for programs that send many "
+        "requests. [default: off]",
+    ),
+    _flag(
         "--initial-cluster",
         "NAME=HOST:PORT,...",
         "Every member's name and advertised peer address. [default: this node alone]",
@@ -101,6 +107,11 @@ _OPTIONS = [
     _flag("--value-bytes-max", "BYTES", "Largest value. [default: 1048576]"),
     _flag("--request-bytes-max", "BYTES", "Largest request body. [default: 2097152]"),
     _flag("--log-level", "LEVEL", "debug, info, warning or error. [default: info]"),
+    _flag(
+        "--event-loop",
+        "auto|asyncio|uvloop",
+        "auto: uvloop when installed (pip install 'replog[fast]'), else asyncio's. [default: auto]",
+    ),
 ]
 
 

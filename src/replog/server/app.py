@@ -1,4 +1,5 @@
-"""``replog serve``: one node of the replicated KV store, with its HTTP API.
+"""``replog serve``: one node of the replicated KV store, with its HTTP API (and, when
+``--listen-rpc`` is set, the binary client protocol of ``replog.server.rpc``).
 
 Start-up: recover the data directory, join the peers, then open the client port. Shutdown on
 SIGTERM or SIGINT: a leader hands leadership to the most up-to-date follower first (so clients
@@ -12,12 +13,15 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from replog.server.config import ServerConfig
-from replog.server.http import ApiOptions, make_app
+from replog.server.config import Address, ServerConfig, parse_address
+from replog.server.http import Api, ApiOptions, make_app
 from replog.server.node import Node, NodeOptions
+from replog.server.rpc import RpcServer
 from replog.statemachines import KVLimits, KVStore
 from replog.storage import StorageError
 
@@ -36,7 +40,20 @@ def run(config: ServerConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(serve(config))
+    return _event_loop_runner(config.event_loop)(serve(config))
+
+
+def _event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop's runner when asked for, or when installed and the choice is "auto"."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 def node_options(config: ServerConfig) -> NodeOptions:
@@ -77,9 +94,11 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         value_bytes_max=config.value_bytes_max,
         request_bytes_max=config.request_bytes_max,
     )
-    options = ApiOptions(config.cluster_id, config.request_bytes_max, limits)
+    rpc_address = _advertised_rpc(config)
+    options = ApiOptions(config.cluster_id, config.request_bytes_max, limits, rpc_address)
+    api = Api(node, kv, options)
     runner = web.AppRunner(
-        make_app(node, kv, options),
+        make_app(api),
         handle_signals=False,
         shutdown_timeout=HTTP_SHUTDOWN_S,
         access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
@@ -93,6 +112,15 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         await node.stop(transfer=False)
         await runner.cleanup()
         return 1
+    rpc = RpcServer(api)
+    if config.listen_rpc is not None:
+        try:
+            await rpc.start(config.listen_rpc.host, config.listen_rpc.port)
+        except OSError as error:
+            log.error("cannot listen for rpc clients on %s: %s", config.listen_rpc, error)
+            await node.stop(transfer=False)
+            await runner.cleanup()
+            return 1
     log.info(
         "node %s serving clients on %s (peers on %s), data in %s",
         config.name,
@@ -104,9 +132,22 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         started.set()
     code = await _until_stopped(node)
     await node.stop(transfer=code == 0)
+    await rpc.close()
     await runner.cleanup()
     log.info("node %s stopped", config.name)
     return code
+
+
+def _advertised_rpc(config: ServerConfig) -> str | None:
+    """The RPC address clients reach: the listen address, with the advertised client host
+    in place of a wildcard."""
+    listen = config.listen_rpc
+    if listen is None:
+        return None
+    if listen.is_wildcard:
+        host = parse_address(config.advertise_client, "client").host
+        return str(Address(host, listen.port))
+    return str(listen)
 
 
 async def _until_stopped(node: Node) -> int:

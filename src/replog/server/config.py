@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -55,11 +56,12 @@ DEFAULT_CLIENT_PORT = 14300
 DEFAULT_PEER_PORT = 14400
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CLUSTER_STATES = ("new", "existing")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
-_SCHEMES = {"client": "http", "peer": "tcp"}
+_SCHEMES = {"client": "http", "peer": "tcp", "rpc": "tcp"}
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     advertise_client: str
     listen_peer: Address
     advertise_peer: Address
+    listen_rpc: Address | None = None
     initial_cluster: tuple[Member, ...]
     initial_cluster_state: str = "new"
     auto_promote: bool = True
@@ -114,6 +117,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     value_bytes_max: int = 1 << 20
     request_bytes_max: int = 2 << 20
     log_level: str = "info"
+    event_loop: str = "auto"
 
     @property
     def heartbeat_ticks(self) -> int:
@@ -299,12 +303,14 @@ _TEXT_FIELDS = (
     "advertise_client",
     "log_level",
     "initial_cluster_state",
+    "event_loop",
 )
 _BOOL_FIELDS = ("lease_reads", "auto_promote")
 _ADDRESS_FIELDS = {
     "listen_client": "client",
     "listen_peer": "peer",
     "advertise_peer": "peer",
+    "listen_rpc": "rpc",
 }
 SETTINGS: tuple[str, ...] = tuple(
     f for f in ServerConfig.__struct_fields__ if f != "node_id"
@@ -361,6 +367,10 @@ def _convert(field: str, raw: _Raw) -> object:
                 f"unknown cluster state {text!r}: 'new' (bootstrap with the initial cluster) or "
                 "'existing' (join a running cluster)"
             )
+        return text.lower()
+    if field == "event_loop":
+        if text.lower() not in EVENT_LOOPS:
+            raise ValueError(f"unknown event loop {text!r} (one of {', '.join(EVENT_LOOPS)})")
         return text.lower()
     if not text:
         raise ValueError("empty path")
@@ -589,8 +599,12 @@ def _cross_check(values: dict[str, Any], sources: dict[str, str], problems: list
     for size in ("key_bytes_max", "value_bytes_max"):
         if has(size, "request_bytes_max") and values[size] > values["request_bytes_max"]:
             problems.append(f"{at(size)} is larger than {at('request_bytes_max')}")
-    if has("listen_client", "listen_peer"):
-        _check_listeners(values["listen_client"], values["listen_peer"], at, problems)
+    listeners = [f for f in ("listen_client", "listen_peer", "listen_rpc") if values.get(f)]
+    for i, first in enumerate(listeners):
+        for second in listeners[i + 1 :]:
+            _check_listeners(values, first, second, at, problems)
+    if values.get("event_loop") == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append(f"{at('event_loop')}: uvloop is not installed (pip install 'replog[fast]')")
     if has("advertise_peer"):
         peer: Address = values["advertise_peer"]
         if peer.is_wildcard:
@@ -634,10 +648,13 @@ def _check_lease(values: dict[str, Any], at: Any, problems: list[str]) -> None:
         )
 
 
-def _check_listeners(client: Address, peer: Address, at: Any, problems: list[str]) -> None:
-    overlap = client.host == peer.host or client.is_wildcard or peer.is_wildcard
-    if client.port == peer.port and overlap:
-        problems.append(f"{at('listen_client')} and {at('listen_peer')} use the same address")
+def _check_listeners(
+    values: dict[str, Any], first: str, second: str, at: Any, problems: list[str]
+) -> None:
+    one, other = values[first], values[second]
+    overlap = one.host == other.host or one.is_wildcard or other.is_wildcard
+    if one.port == other.port and overlap:
+        problems.append(f"{at(first)} and {at(second)} use the same address")
 
 
 def _check_advertised_client(url: str, at: Any, problems: list[str]) -> None:
@@ -754,6 +771,9 @@ def render_toml(resolved: Resolved) -> str:
         if field == "initial_cluster":
             continue
         value = getattr(config, field)
+        if value is None:
+            lines.append(f"# {field} is not set  # {sources.get(field, 'default')}")
+            continue
         text = _toml_value(str(value) if isinstance(value, Address) else value)
         lines.append(f"{field} = {text}  # {sources.get(field, 'default')}")
     lines.append("")

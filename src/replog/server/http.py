@@ -90,6 +90,7 @@ class ApiOptions:
     cluster_id: str = "replog"
     request_bytes_max: int = 2 << 20
     limits: KVLimits = field(default_factory=KVLimits)
+    rpc_address: str | None = None  # where this node serves replog.protocol, if it does
 
 
 class Api:
@@ -133,8 +134,6 @@ class Api:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as error:
-            return self.error(error)
         except web.HTTPRequestEntityTooLarge:
             limit = self.options.request_bytes_max
             return self.error(ApiError(400, "too_large", f"the request body is over {limit} bytes"))
@@ -143,16 +142,11 @@ class Api:
         except web.HTTPMethodNotAllowed:
             message = f"{request.method} is not allowed on {request.path}"
             return self.error(ApiError(405, "method_not_allowed", message))
-        except Unavailable as error:
-            return self.error(ApiError(503, "unavailable", str(error)))
-        except UnknownOutcome as error:
-            return self.error(ApiError(503, "unknown_outcome", str(error)))
-        except MembershipError as error:
-            return self.error(ApiError(error.status, error.code, str(error)))
-        except NotLeader as error:
-            return self.error(ApiError(503, "unavailable", str(error)))
-        except ReplogError as error:  # the core refused a request as invalid
-            return self.error(ApiError(400, "invalid_request", str(error)))
+        except Exception as error:
+            api_error = api_error_of(error)
+            if api_error is None:
+                raise
+            return self.error(api_error)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -179,7 +173,13 @@ class Api:
         return await self._write(request, txn)
 
     async def _write(self, request: web.Request, op: Put | Delete | Txn) -> web.Response:
-        idempotency_key = request.headers.get("Idempotency-Key")
+        result = await self.write(op, request.headers.get("Idempotency-Key"))
+        return self.reply(result_to_json(result))
+
+    async def write(
+        self, op: Put | Delete | Txn, idempotency_key: str | None
+    ) -> PutResult | DeleteResult | TxnResult:
+        """Check, propose and wait for one write; raises ``ApiError`` or the node's errors."""
         if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
             message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
             raise ApiError(400, "invalid_request", message)
@@ -193,7 +193,7 @@ class Api:
             status = 409 if result.code == "idempotency_key_reused" else 400
             raise ApiError(status, result.code, result.message)
         assert isinstance(result, PutResult | DeleteResult | TxnResult), result
-        return self.reply(result_to_json(result))
+        return result
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -218,10 +218,14 @@ class Api:
 
     async def _read_barrier(self, query: Mapping[str, str]) -> None:
         consistency = query.get("consistency", "linearizable")
+        await self.read_barrier(consistency, _int_param(query, "min_revision", 0, 0, 1 << 62))
+
+    async def read_barrier(self, consistency: str, min_revision: int) -> None:
+        """Wait until a read at ``consistency`` may be answered from this node's store, and
+        its revision has reached ``min_revision``; raises ``ApiError`` or the node's errors."""
         if consistency not in _CONSISTENCY:
             message = f"consistency must be one of {', '.join(_CONSISTENCY)}, not {consistency!r}"
             raise ApiError(400, "invalid_request", message)
-        min_revision = _int_param(query, "min_revision", 0, 0, 1 << 62)
         if consistency != "stale":
             await self.node.read_barrier(lease=consistency == "lease")
         if min_revision > self.kv.revision:
@@ -313,6 +317,7 @@ class Api:
             {
                 "cluster_id": self.options.cluster_id,
                 "version": __version__,
+                "rpc_address": self.options.rpc_address,
                 "node": node,
                 "followers": followers,
             }
@@ -441,8 +446,8 @@ class Api:
         )
 
 
-def make_app(node: Node, kv: KVStore, options: ApiOptions) -> web.Application:
-    api = Api(node, kv, options)
+def make_app(api: Api) -> web.Application:
+    options = api.options
     app = web.Application(middlewares=[api.middleware], client_max_size=options.request_bytes_max)
     app.router.add_put("/v1/kv/{key:.+}", api.put)
     app.router.add_get("/v1/kv/{key:.+}", api.get)
@@ -596,6 +601,21 @@ def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high
     if not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name} must be between {low} and {high}")
     return value
+
+
+def api_error_of(error: Exception) -> ApiError | None:
+    """The API's answer to an error a handler raised; None for a programming error."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, Unavailable | NotLeader):
+        return ApiError(503, "unavailable", str(error))
+    if isinstance(error, UnknownOutcome):
+        return ApiError(503, "unknown_outcome", str(error))
+    if isinstance(error, MembershipError):
+        return ApiError(error.status, error.code, str(error))
+    if isinstance(error, ReplogError):  # the core refused a request as invalid
+        return ApiError(400, "invalid_request", str(error))
+    return None
 
 
 def _valid_idempotency_key(key: str) -> bool:

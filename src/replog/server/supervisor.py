@@ -44,6 +44,7 @@ from typing import IO, Any
 HOST = "127.0.0.1"
 NODES_MAX = 9
 PEER_PORT_OFFSET = 100
+RPC_PORT_OFFSET = 200
 DEFAULT_BASE_PORT = 14300
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 64 << 10
@@ -60,6 +61,7 @@ class NodePlan:
     peer_port: int
     data_dir: str
     log_path: str
+    rpc_port: int = 0  # 0: no binary client protocol
 
     @property
     def client_url(self) -> str:
@@ -74,7 +76,7 @@ def plan_cluster(nodes: int, data_dir: str, base_port: int) -> tuple[NodePlan, .
     """The nodes of a local cluster; raises ValueError for a size or port out of range."""
     if not 1 <= nodes <= NODES_MAX:
         raise ValueError(f"--nodes must be between 1 and {NODES_MAX}, not {nodes}")
-    top = base_port + PEER_PORT_OFFSET + nodes - 1
+    top = base_port + RPC_PORT_OFFSET + nodes - 1
     if base_port < 1 or top > 65535:
         raise ValueError(
             f"--base-port {base_port} puts ports outside 1-65535 (the highest would be {top})"
@@ -84,6 +86,7 @@ def plan_cluster(nodes: int, data_dir: str, base_port: int) -> tuple[NodePlan, .
             name=f"n{i}",
             client_port=base_port + i - 1,
             peer_port=base_port + PEER_PORT_OFFSET + i - 1,
+            rpc_port=base_port + RPC_PORT_OFFSET + i - 1,
             data_dir=os.path.join(data_dir, f"n{i}"),
             log_path=os.path.join(data_dir, f"n{i}.log"),
         )
@@ -94,12 +97,14 @@ def plan_cluster(nodes: int, data_dir: str, base_port: int) -> tuple[NodePlan, .
 def serve_args(node: NodePlan, cluster: Sequence[NodePlan]) -> list[str]:
     """The ``replog serve`` arguments of one node (after the program name)."""
     members = ",".join(f"{n.name}={n.peer_address}" for n in cluster)
+    rpc = ["--listen-rpc", f"{HOST}:{node.rpc_port}"] if node.rpc_port else []
     return [
         "serve",
         "--name", node.name,
         "--data-dir", node.data_dir,
         "--listen-client", f"{HOST}:{node.client_port}",
         "--listen-peer", node.peer_address,
+        *rpc,
         "--initial-cluster", members,
     ]  # fmt: skip
 
@@ -118,7 +123,10 @@ def ports_in_use(cluster: Sequence[NodePlan]) -> list[str]:
     """One message per planned port that cannot be bound now."""
     taken: list[str] = []
     for node in cluster:
-        for port, role in ((node.client_port, "client"), (node.peer_port, "peer")):
+        ports = ((node.client_port, "client"), (node.peer_port, "peer"), (node.rpc_port, "rpc"))
+        for port, role in ports:
+            if not port:
+                continue
             error = _bind_error(port)
             if error is not None:
                 taken.append(

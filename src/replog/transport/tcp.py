@@ -55,7 +55,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from replog.core.types import InstallSnapshot, Message
 from replog.transport.codec import (
@@ -206,8 +206,7 @@ class _Protocol(asyncio.Protocol):
         self.buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         _set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,0 +1,231 @@
+"""The node's side of the binary client protocol (``replog.protocol``).
+
+Theory of operation
+-------------------
+One ``_Connection`` (an asyncio protocol) per client connection. Frames are cut from the byte
+stream as they arrive and decoded strictly; the first must be ``Hello``. Each request then runs
+as its own task through the same code as the HTTP API (``Api.write``, ``Api.read_barrier``), so
+both protocols check, propose, read and fail alike, with the same error codes.
+
+Answers are queued on the connection and leave together once per turn of the event loop: the
+answers that one commit completes cost one ``write`` call, not one each.
+
+Bounds: a connection holds at most ``IN_FLIGHT_MAX`` requests; at that point, or while the
+socket's send buffer is over its high-water mark, the node stops reading from it until answers
+have left (TCP then holds the client back). Frames are at most the request size limit plus
+``FRAME_OVERHEAD_BYTES``. A frame over the limit, one that does not decode, or a broken
+handshake is answered with a ``Failure`` and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Final, cast
+
+import msgspec
+
+from replog import protocol
+from replog.server.http import Api, ApiError, api_error_of
+from replog.statemachines import GetResult
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_MAX: Final = 4096
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class RpcServer:
+    """Serves ``replog.protocol`` on one address, with the handlers of ``api``."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.frame_bytes_max = api.options.request_bytes_max + protocol.FRAME_OVERHEAD_BYTES
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def header(self) -> protocol.Header:
+        position = self.api.node.position()
+        return protocol.Header(
+            leader_id=position.leader,
+            term=position.term,
+            commit_index=position.commit_index,
+            applied_index=position.applied_index,
+            revision=self.api.kv.revision,
+        )
+
+    async def answer(self, message: protocol.Write | protocol.Read) -> protocol.Result:
+        if isinstance(message, protocol.Write):
+            return await self.api.write(message.request.op, message.request.idempotency_key)
+        await self.api.read_barrier(message.consistency, message.min_revision)
+        return self._read(message.query)
+
+    def _read(self, query: protocol.GetKey | protocol.RangePrefix) -> protocol.Result:
+        limits = self.api.options.limits
+        if isinstance(query, protocol.GetKey):
+            if not query.key or len(query.key) > limits.key_bytes_max:
+                raise ApiError(400, "invalid_request", "the key is empty or over the limit")
+            kv = self.api.kv.get(query.key)
+            if kv is None:
+                raise ApiError(404, "key_not_found", f"key {query.key!r} not found")
+            return GetResult(kv)
+        if not 1 <= query.limit <= limits.range_limit_max:
+            message = f"limit must be between 1 and {limits.range_limit_max}"
+            raise ApiError(400, "invalid_request", message)
+        kvs, count, more = self.api.kv.range(query.prefix, query.limit)
+        return protocol.RangeResult(tuple(kvs), count, more)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: RpcServer) -> None:
+        self.server = server
+        self.reader = protocol.FrameReader(server.frame_bytes_max)
+        self.transport: asyncio.Transport | None = None
+        self.greeted = False
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.out: list[bytes] = []
+        self.reading_paused = False
+        self.writing_paused = False
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._connections.discard(self)
+        for task in self.tasks:
+            task.cancel()  # nobody is left to answer; a proposed write still commits
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._pace()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._pace()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except protocol.FrameError as error:
+            self._fail_and_close("too_large", str(error))
+            return
+        for body in frames:
+            try:
+                message = protocol.node_decoder.decode(body)
+            except msgspec.DecodeError as error:
+                self._fail_and_close("invalid_request", f"undecodable frame: {error}")
+                return
+            if not self._take(message):
+                return
+        self._pace()
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _take(self, message: protocol.ClientMessage) -> bool:
+        """Start serving one message; False when the connection was closed over it."""
+        if isinstance(message, protocol.Hello):
+            return self._greet(message)
+        if not self.greeted:
+            self._fail_and_close("invalid_request", "the first frame must be Hello")
+            return False
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._serve(message))
+        self.tasks.add(task)
+        task.add_done_callback(self._served)
+        return True
+
+    def _greet(self, hello: protocol.Hello) -> bool:
+        cluster_id = self.server.api.options.cluster_id
+        if self.greeted:
+            problem = "Hello was already received on this connection"
+        elif hello.version != protocol.VERSION:
+            problem = f"protocol version {hello.version} is not spoken here ({protocol.VERSION})"
+        elif hello.cluster_id not in ("", cluster_id):
+            problem = f"this node belongs to cluster {cluster_id!r}, not {hello.cluster_id!r}"
+        else:
+            self.greeted = True
+            name = self.server.api.node.name
+            self._send(protocol.Welcome(protocol.VERSION, name, cluster_id))
+            return True
+        self._fail_and_close("invalid_request", problem)
+        return False
+
+    async def _serve(self, message: protocol.Write | protocol.Read) -> None:
+        try:
+            result = await self.server.answer(message)
+        except Exception as error:
+            api_error = api_error_of(error)
+            if api_error is None:
+                log.exception("rpc request %d failed", message.id)
+                api_error = ApiError(500, "internal", "the node failed to serve the request")
+            header = self.server.header()
+            self._send(protocol.Failure(message.id, api_error.code, api_error.message, header))
+            return
+        self._send(protocol.Reply(message.id, self.server.header(), result))
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.in_flight -= 1
+        self._pace()
+
+    # ---- answers ---------------------------------------------------------------------------
+
+    def _send(self, message: protocol.NodeMessage) -> None:
+        if self.transport is None:
+            return
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(protocol.frame(_ENCODER.encode(message)))
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and out:
+            self.transport.write(b"".join(out))
+
+    def _pace(self) -> None:
+        """Stop reading while too much is in flight or the send buffer is full."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        busy = self.in_flight >= IN_FLIGHT_MAX or self.writing_paused
+        if busy and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        elif not busy and self.reading_paused and self.in_flight <= IN_FLIGHT_MAX // 2:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    def _fail_and_close(self, code: str, message: str) -> None:
+        if self.transport is None:
+            return
+        failure = protocol.Failure(0, code, message, self.server.header())
+        self.out.append(protocol.frame(_ENCODER.encode(failure)))
+        self._flush()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,294 @@
+"""The node's side of the binary client protocol, spoken by hand with raw frames."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from replog import protocol
+from replog.server.app import APPLY_LIMITS
+from replog.server.http import Api, ApiOptions
+from replog.server.node import Node, NodeOptions
+from replog.server.rpc import RpcServer
+from replog.statemachines import (
+    Compare,
+    Delete,
+    DeleteResult,
+    GetResult,
+    KVLimits,
+    KVStore,
+    Put,
+    PutResult,
+    Request,
+    Txn,
+    TxnResult,
+)
+from replog.testing.processes import free_ports
+
+FAST = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, request_timeout_ms=3000)
+LIMITS = KVLimits(key_bytes_max=64, value_bytes_max=1024, request_bytes_max=2048)
+
+
+@dataclass
+class Served:
+    node: Node
+    kv: KVStore
+    rpc: RpcServer
+    port: int
+
+
+async def serve(tmp: Path, name: str, peers: dict[str, str], rpc_port: int) -> Served:
+    kv = KVStore(limits=APPLY_LIMITS)
+    node = Node(kv, name=name, data_dir=str(tmp / name), peers=peers, options=FAST)
+    await node.start()
+    rpc = RpcServer(Api(node, kv, ApiOptions("test", 2048, LIMITS, f"127.0.0.1:{rpc_port}")))
+    await rpc.start("127.0.0.1", rpc_port)
+    return Served(node, kv, rpc, rpc_port)
+
+
+async def stop(served: Served) -> None:
+    await served.rpc.close()
+    if not served.node.stopped:
+        await served.node.stop(transfer=False)
+
+
+@pytest.fixture
+async def single(tmp_path: Path) -> AsyncIterator[Served]:
+    peer, rpc_port = free_ports(2)
+    served = await serve(tmp_path, "n1", {"n1": f"127.0.0.1:{peer}"}, rpc_port)
+    async with asyncio.timeout(5):
+        while not served.node.is_leader:
+            await asyncio.sleep(0.01)
+    yield served
+    await stop(served)
+
+
+class Conn:
+    """A bare connection: frames out, frames in."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, hello: protocol.Hello | None = None) -> Conn:
+        conn = cls(*await asyncio.open_connection("127.0.0.1", port))
+        if hello is not None:
+            conn.send(hello)
+        return conn
+
+    def send(self, message: object) -> None:
+        self.writer.write(protocol.frame(protocol.client_encoder.encode(message)))
+
+    async def receive(self) -> protocol.NodeMessage:
+        async with asyncio.timeout(5):
+            (length,) = protocol.LENGTH.unpack(await self.reader.readexactly(4))
+            return protocol.client_decoder.decode(await self.reader.readexactly(length))
+
+    async def closed(self) -> bool:
+        """Whether the node closed the connection (nothing more came); closes our end."""
+        async with asyncio.timeout(5):
+            rest = await self.reader.read()
+        self.close()
+        return rest == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def greeted(port: int) -> Conn:
+    conn = await Conn.open(port, protocol.Hello(protocol.VERSION, "test"))
+    welcome = await conn.receive()
+    assert isinstance(welcome, protocol.Welcome)
+    assert (welcome.node_id, welcome.cluster_id) == ("n1", "test")
+    return conn
+
+
+def put(id: int, key: bytes, value: bytes, idempotency_key: str | None = None) -> protocol.Write:
+    return protocol.Write(id, Request(Put(key, value), idempotency_key=idempotency_key))
+
+
+async def test_write_then_read_with_headers(single: Served) -> None:
+    conn = await greeted(single.port)
+    conn.send(put(1, b"a", b"one"))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply) and reply.id == 1
+    assert isinstance(reply.result, PutResult) and reply.result.kv.value == b"one"
+    assert reply.header.leader_id == "n1" and reply.header.revision == reply.result.revision
+    for consistency in protocol.CONSISTENCIES:
+        conn.send(protocol.Read(2, protocol.GetKey(b"a"), consistency))
+        answer = await conn.receive()
+        assert isinstance(answer, protocol.Reply) and isinstance(answer.result, GetResult)
+        assert answer.result.kv is not None and answer.result.kv.value == b"one"
+    conn.close()
+
+
+async def test_many_requests_in_flight_are_each_answered_once(single: Served) -> None:
+    conn = await greeted(single.port)
+    for i in range(1, 501):
+        conn.send(put(i, f"k{i % 50}".encode(), b"v" * 100))
+    ids = []
+    for _ in range(500):
+        reply = await conn.receive()
+        assert isinstance(reply, protocol.Reply), reply
+        ids.append(reply.id)
+    assert sorted(ids) == list(range(1, 501))
+    assert single.kv.revision == 500
+    conn.close()
+
+
+async def test_range_delete_and_txn(single: Served) -> None:
+    conn = await greeted(single.port)
+    for i, key in enumerate((b"p/1", b"p/2", b"q/1")):
+        conn.send(put(i + 1, key, b"x"))
+        assert isinstance(await conn.receive(), protocol.Reply)
+    conn.send(protocol.Read(9, protocol.RangePrefix(b"p/", 1)))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply) and isinstance(reply.result, protocol.RangeResult)
+    assert [kv.key for kv in reply.result.kvs] == [b"p/1"]
+    assert (reply.result.count, reply.result.more) == (2, True)
+    conn.send(protocol.Write(10, Request(Delete(b"p/1"))))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply) and isinstance(reply.result, DeleteResult)
+    assert reply.result.deleted == 1
+    txn = Txn(compare=(Compare(b"q/1", "value", "==", b"x"),), success=(Put(b"q/1", b"y"),))
+    conn.send(protocol.Write(11, Request(txn)))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply) and isinstance(reply.result, TxnResult)
+    assert reply.result.succeeded and single.kv.get(b"q/1").value == b"y"  # type: ignore[union-attr]
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (put(1, b"k" * 65, b"v"), "too_large"),
+        (put(1, b"", b"v"), "invalid_request"),
+        (put(1, b"k", b"v", idempotency_key="not valid"), "invalid_request"),
+        (protocol.Read(1, protocol.GetKey(b"absent")), "key_not_found"),
+        (protocol.Read(1, protocol.GetKey(b"")), "invalid_request"),
+        (protocol.Read(1, protocol.GetKey(b"a"), "sometimes"), "invalid_request"),
+        (protocol.Read(1, protocol.RangePrefix(b"", 0)), "invalid_request"),
+        (protocol.Read(1, protocol.RangePrefix(b"", 10_001)), "invalid_request"),
+    ],
+)
+async def test_bad_requests_fail_alone(single: Served, message: object, code: str) -> None:
+    conn = await greeted(single.port)
+    conn.send(message)
+    failure = await conn.receive()
+    assert isinstance(failure, protocol.Failure), failure
+    assert (failure.id, failure.code) == (1, code)
+    conn.send(put(2, b"still", b"open"))  # the connection serves on
+    assert isinstance(await conn.receive(), protocol.Reply)
+    assert single.kv.revision == 1
+    conn.close()
+
+
+async def test_idempotency_key_reused_for_another_write(single: Served) -> None:
+    conn = await greeted(single.port)
+    conn.send(put(1, b"k", b"v", idempotency_key="key-1"))
+    first = await conn.receive()
+    conn.send(put(2, b"k", b"v", idempotency_key="key-1"))
+    again = await conn.receive()
+    assert isinstance(first, protocol.Reply) and isinstance(again, protocol.Reply)
+    assert first.result == again.result and single.kv.revision == 1
+    conn.send(put(3, b"k", b"other", idempotency_key="key-1"))
+    reused = await conn.receive()
+    assert isinstance(reused, protocol.Failure) and reused.code == "idempotency_key_reused"
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("hello", "problem"),
+    [
+        (protocol.Hello(protocol.VERSION + 1, ""), "version"),
+        (protocol.Hello(protocol.VERSION, "another"), "cluster"),
+        (put(1, b"k", b"v"), "Hello"),
+    ],
+)
+async def test_a_bad_handshake_is_refused(single: Served, hello: object, problem: str) -> None:
+    conn = await Conn.open(single.port)
+    conn.send(hello)
+    failure = await conn.receive()
+    assert isinstance(failure, protocol.Failure) and problem in failure.message
+    assert await conn.closed()
+    assert single.kv.revision == 0
+
+
+async def test_garbage_and_oversized_frames_close_the_connection(single: Served) -> None:
+    conn = await greeted(single.port)
+    conn.writer.write(protocol.frame(b"\xc1 not msgpack"))
+    failure = await conn.receive()
+    assert isinstance(failure, protocol.Failure) and failure.code == "invalid_request"
+    assert await conn.closed()
+    conn = await greeted(single.port)
+    conn.writer.write(struct.pack(">I", 2048 + protocol.FRAME_OVERHEAD_BYTES + 1))
+    failure = await conn.receive()
+    assert isinstance(failure, protocol.Failure) and failure.code == "too_large"
+    assert await conn.closed()
+    conn = await greeted(single.port)  # the node serves on
+    conn.send(put(1, b"k", b"v"))
+    assert isinstance(await conn.receive(), protocol.Reply)
+    conn.close()
+
+
+async def test_a_client_that_leaves_mid_write_harms_nothing(single: Served) -> None:
+    conn = await greeted(single.port)
+    for i in range(1, 101):
+        conn.send(put(i, b"k", b"v"))
+    await conn.writer.drain()
+    conn.close()
+    conn = await greeted(single.port)
+    conn.send(protocol.Read(1, protocol.GetKey(b"k")))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply)
+    assert 0 < single.kv.revision <= 100
+    conn.close()
+
+
+async def test_a_follower_serves_writes_and_linearizable_reads(tmp_path: Path) -> None:
+    ports = free_ports(6)
+    peers = {f"n{i + 1}": f"127.0.0.1:{ports[i]}" for i in range(3)}
+    nodes = [await serve(tmp_path, name, peers, ports[3 + i]) for i, name in enumerate(peers)]
+    try:
+        async with asyncio.timeout(5):
+            while not any(s.node.is_leader for s in nodes):
+                await asyncio.sleep(0.01)
+        follower = next(s for s in nodes if not s.node.is_leader)
+        conn = await Conn.open(follower.port, protocol.Hello(protocol.VERSION))
+        assert isinstance(await conn.receive(), protocol.Welcome)
+        conn.send(put(1, b"k", b"from a follower"))
+        reply = await conn.receive()
+        assert isinstance(reply, protocol.Reply) and isinstance(reply.result, PutResult)
+        conn.send(protocol.Read(2, protocol.GetKey(b"k")))
+        read = await conn.receive()
+        assert isinstance(read, protocol.Reply) and isinstance(read.result, GetResult)
+        assert read.result.kv is not None and read.result.kv.value == b"from a follower"
+        conn.close()
+    finally:
+        for served in nodes:
+            await stop(served)
+
+
+def test_frame_reader_cuts_frames_across_reads() -> None:
+    reader = protocol.FrameReader(100)
+    stream = b"".join(protocol.frame(bytes([i]) * i) for i in range(1, 30))
+    got: list[bytes] = []
+    for start in range(0, len(stream), 7):
+        got.extend(bytes(f) for f in reader.feed(stream[start : start + 7]))
+    assert got == [bytes([i]) * i for i in range(1, 30)]
+    with pytest.raises(protocol.FrameError):
+        reader.feed(struct.pack(">I", 101))
+
+
+def test_messages_round_trip_strictly() -> None:
+    message = put(7, b"k", b"v", idempotency_key="id")
+    data = protocol.client_encoder.encode(message)
+    assert protocol.node_decoder.decode(data) == message
+    with pytest.raises(msgspec.DecodeError):
+        protocol.node_decoder.decode(protocol.client_encoder.encode(protocol.Welcome(1, "n", "c")))
