@@ -8,8 +8,9 @@ applies the same log reaches the same state and the same ``snapshot`` bytes.
 
 Invariants:
 
-* Keys are kept in a dict (key -> ``KeyValue``) and in a sorted list of the same keys, so a
-  point read is O(1) and a prefix range is O(log n + k) by bisection.
+* Keys are kept in a dict (key -> ``KeyValue``) and in a sorted list of the same keys
+  (``sortedcontainers.SortedList``: O(log n) inserts, where a plain list moves every later
+  key), so a point read is O(1) and a prefix range is O(log n + k) by bisection.
 * ``revision`` grows by exactly one per command that changes a key (a put always does; a
   transaction whose executed branch writes is one revision; deleting a missing key is none).
   For every key, 1 <= create_revision <= mod_revision <= revision and version >= 1.
@@ -32,12 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from replog.core.errors import ReplogError
 from replog.statemachines.commands import (
@@ -122,7 +124,7 @@ class KVStore:
     def __init__(self, limits: KVLimits | None = None) -> None:
         self._limits = limits or KVLimits()
         self._kvs: dict[bytes, KeyValue] = {}
-        self._keys: list[bytes] = []  # sorted; the same keys as _kvs
+        self._keys = SortedList()  # the same keys as _kvs, sorted
         self._revision = 0
         self._now_ms = 0
         self._idempotency: OrderedDict[str, IdempotencyEntry] = OrderedDict()
@@ -196,7 +198,7 @@ class KVStore:
         on a malformed image and then leaves the current state untouched."""
         image = decode_image(data)
         self._kvs = {kv.key: kv for kv in image.kvs}
-        self._keys = [kv.key for kv in image.kvs]
+        self._keys = SortedList(kv.key for kv in image.kvs)
         self._revision = image.revision
         self._compact_revision = image.compact_revision
         self._now_ms = image.now_ms
@@ -220,7 +222,7 @@ class KVStore:
             )
         low, high = self._prefix_bounds(prefix)
         count = high - low
-        kvs = [self._kvs[key] for key in self._keys[low : low + min(limit, count)]]
+        kvs = [self._kvs[key] for key in self._keys.islice(low, low + min(limit, count))]
         return kvs, count, count > limit
 
     def events_since(
@@ -288,7 +290,7 @@ class KVStore:
         prev = self._kvs.get(key)
         if prev is None:
             kv = KeyValue(key, value, revision, revision, 1)
-            insort(self._keys, key)
+            self._keys.add(key)
         else:
             kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
         self._kvs[key] = kv
@@ -300,7 +302,7 @@ class KVStore:
         prev = self._kvs.pop(key, None)
         if prev is None:
             return DeleteResult(self._revision, 0, None)
-        del self._keys[bisect_left(self._keys, key)]
+        self._keys.remove(key)
         self._revision = max(self._revision, revision)
         self._record(Event("delete", KeyValue(key, b"", 0, revision, 0)))
         return DeleteResult(revision, 1, prev)
@@ -390,9 +392,9 @@ class KVStore:
             self._idempotency_bytes -= entry_cost_bytes(oldest)
 
     def _prefix_bounds(self, prefix: bytes) -> tuple[int, int]:
-        low = bisect_left(self._keys, prefix)
+        low = self._keys.bisect_left(prefix)
         end = prefix_end(prefix)
-        high = len(self._keys) if end is None else bisect_left(self._keys, end, lo=low)
+        high = len(self._keys) if end is None else self._keys.bisect_left(end)
         return low, high
 
 
