@@ -3,6 +3,10 @@
 Both speak the HTTP API of docs/http-api.md, prefer the leader's endpoint, retry what is safe to
 retry (every write carries one idempotency key for all its attempts) and raise the typed errors
 of ``replog.client.errors``.
+
+``RpcClient`` (asyncio) speaks the binary client protocol of ``replog.protocol`` instead: one
+TCP connection with many requests in flight, for programs that send many requests. It raises the
+same typed errors, fails over to the next endpoint when its connection breaks, and does not retry.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from replog.client.errors import (
     Unavailable,
     UnknownOutcome,
 )
+from replog.client.rpc import RpcClient
 from replog.client.sync import Client, Watch
 from replog.client.types import (
     Compare,
@@ -78,6 +83,7 @@ __all__ = [
     "RangeResponse",
     "ReplogClientError",
     "RevisionCompacted",
+    "RpcClient",
     "ServerError",
     "StatusResponse",
     "TooLarge",
