@@ -7,6 +7,13 @@ workers (``python -m replog.bench.worker``, spawned fresh, spoken to in JSON lin
 pickled), waits until all are ready, tells them all to go at once, follows their progress and
 merges their results into a ``Report``.
 
+Two protocols: ``http`` (the API of docs/http-api.md, every target) and ``rpc`` (replog's
+binary client protocol, ``replog.protocol``). With ``rpc`` each endpoint chosen above is asked
+once, before any worker starts, for its node's RPC address (``rpc_address`` in
+``GET /v1/status``); workers are given those addresses instead of the URLs, and each opens
+``connections_per_process`` connections per node it was given (fewer when it has fewer clients
+for that node), its clients dealt over them round-robin.
+
 Invariants: clients are dealt to processes as evenly as possible (sizes differ by at most one)
 and client ``i`` talks to ``urls[i % len(urls)]`` whatever process it is in; an operation count
 is split in proportion to each process's clients; every worker is killed (by its own PID) when
@@ -31,9 +38,20 @@ from replog.bench.report import Report, merge_results
 from replog.bench.targets import adapter
 from replog.bench.workloads import PROCESSES_MAX, Workload
 
-__all__ = ["BenchConfig", "BenchError", "deal", "run_bench", "run_bench_async"]
+__all__ = [
+    "PROTOCOLS",
+    "BenchConfig",
+    "BenchError",
+    "deal",
+    "rpc_addresses",
+    "run_bench",
+    "run_bench_async",
+]
 
 SendTo = Literal["all", "leader"]
+Protocol = Literal["http", "rpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "rpc")
+CONNECTIONS_PER_PROCESS_MAX = 64
 WORKER_LINE_MAX_BYTES = 8 * 1024 * 1024
 WORKER_STDERR_MAX_CHARS = 4000
 LEADER_WAIT_S = 15.0
@@ -47,7 +65,7 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class BenchConfig:
     """One run: what to send (``workload``), where (``target``, ``endpoints``), from how many
-    processes (default: one per CPU, at most one per client)."""
+    processes (default: one per CPU, at most one per client), over which ``protocol``."""
 
     endpoints: tuple[str, ...]
     workload: Workload
@@ -57,6 +75,8 @@ class BenchConfig:
     preload: bool = True
     seed: int = 0
     leader_wait_s: float = LEADER_WAIT_S
+    protocol: Protocol = "http"
+    connections_per_process: int = 4
 
     def __post_init__(self) -> None:
         adapter(self.target)  # raises ValueError for an unknown target
@@ -66,6 +86,12 @@ class BenchConfig:
             raise ValueError(f"processes must be 1..{PROCESSES_MAX}")
         if self.send_to not in ("all", "leader"):
             raise ValueError("send to 'all' or 'leader'")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if self.protocol == "rpc" and self.target != "replog":
+            raise ValueError("the rpc protocol is replog's own: use it with target replog only")
+        if not 1 <= self.connections_per_process <= CONNECTIONS_PER_PROCESS_MAX:
+            raise ValueError(f"connections per process must be 1..{CONNECTIONS_PER_PROCESS_MAX}")
 
     @property
     def process_count(self) -> int:
@@ -97,6 +123,27 @@ def find_leader(target: str, endpoints: tuple[str, ...], wait_s: float = LEADER_
         time.sleep(0.1)
 
 
+def rpc_address(url: str, timeout_s: float = 5.0) -> str:
+    """The ``host:port`` where the node at ``url`` serves the binary protocol."""
+    try:
+        with urllib.request.urlopen(url + "/v1/status", timeout=timeout_s) as response:
+            document = json.loads(response.read())
+    except (OSError, ValueError) as error:
+        raise BenchError(f"cannot ask {url} for its RPC address: {error}") from None
+    address = document.get("rpc_address") if isinstance(document, dict) else None
+    if not isinstance(address, str) or not address:
+        raise BenchError(
+            f"the node at {url} has no RPC address (start it with --listen-rpc HOST:PORT)"
+        )
+    return address
+
+
+def rpc_addresses(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """Each URL's node's RPC address, in the same order."""
+    found = {url: rpc_address(url) for url in dict.fromkeys(urls)}
+    return tuple(found[url] for url in urls)
+
+
 def _jobs(config: BenchConfig, urls: tuple[str, ...], preload: bool) -> list[dict[str, Any]]:
     workload = config.workload
     processes = config.process_count
@@ -112,6 +159,8 @@ def _jobs(config: BenchConfig, urls: tuple[str, ...], preload: bool) -> list[dic
             "urls": [urls[(first + k) % len(urls)] for k in range(size)],
             "seed": config.seed * 1_000_003 + i + (7919 if preload else 0),
             "count": None if counts is None else counts[i],
+            "protocol": config.protocol,
+            "connections": config.connections_per_process,
         }
         if preload:
             job.update(preload_start=i, preload_step=processes)
@@ -215,6 +264,8 @@ async def run_bench_async(
             find_leader, config.target, config.endpoints, config.leader_wait_s
         )
         urls = (found,)
+    if config.protocol == "rpc":
+        urls = await asyncio.to_thread(rpc_addresses, urls)
     if config.preload and config.workload.reads:
         await _run_phase(_jobs(config, urls, preload=True), None)
     results = await _run_phase(_jobs(config, urls, preload=False), on_progress)
@@ -225,6 +276,7 @@ async def run_bench_async(
         endpoints=config.endpoints,
         send_to=config.send_to,
         processes=config.process_count,
+        protocol=config.protocol,
     )
 
 

@@ -99,6 +99,7 @@ class Report:
     per_op: dict[str, Latency]
     cpu_cores: float
     cpu_busiest: float
+    protocol: str = "http"
 
     @classmethod
     def build(
@@ -110,6 +111,7 @@ class Report:
         endpoints: tuple[str, ...],
         send_to: str,
         processes: int,
+        protocol: str = "http",
     ) -> Report:
         overall = merged.overall
         elapsed_s = merged.elapsed_s
@@ -127,6 +129,7 @@ class Report:
             per_op={op: Latency.of(h) for op, h in sorted(merged.histograms.items())},
             cpu_cores=round(merged.cpu_s / elapsed_s, 3) if elapsed_s > 0 else 0.0,
             cpu_busiest=round(merged.cpu_busiest, 3),
+            protocol=protocol,
         )
 
     @property
@@ -149,7 +152,11 @@ class Report:
         w = self.workload
         bound = f"{w.duration_s:g} s" if w.duration_s is not None else f"{w.count:,} ops"
         rows = [
-            ("target", f"{self.target} ({len(self.endpoints)} endpoints, send to {self.send_to})"),
+            (
+                "target",
+                f"{self.target} over {self.protocol} "
+                f"({len(self.endpoints)} endpoints, send to {self.send_to})",
+            ),
             ("workload", f"{w.name}, {w.value_size_bytes} B values, {w.key_space:,} keys"),
             ("clients", f"{w.clients} over {self.processes} processes, {bound}"),
             ("elapsed", f"{self.elapsed_s:.2f} s"),

@@ -1,4 +1,4 @@
-"""One generator process: many concurrent clients on one asyncio loop, over keep-alive HTTP.
+"""One generator process: many concurrent clients on one asyncio loop, over HTTP or RPC.
 
 Run as ``python -m replog.bench.worker``; the parent (``replog.bench.generator``) speaks to it
 with JSON lines, never pickle:
@@ -10,21 +10,30 @@ with JSON lines, never pickle:
 4. at the end ``{"result": {...}}``: a histogram per operation (microseconds), errors by kind,
    elapsed wall time and this process's CPU time (user + system) during the run.
 
-Each client is one coroutine with one request in flight at a time; a process's clients share an
-aiohttp connection pool sized to their number, so each keeps its own persistent connection.
-HTTP/1.1 pipelining proper (several requests queued on one connection) is not done: aiohttp does
-not support it; concurrency comes from many connections with one request each.
+Each client is one coroutine with one request in flight at a time. Over HTTP a process's
+clients share an aiohttp connection pool sized to their number, so each keeps its own persistent
+connection. HTTP/1.1 pipelining proper (several requests queued on one connection) is not done:
+aiohttp does not support it; concurrency comes from many connections with one request each.
+
+Over RPC (``replog.client.RpcClient``, the job's ``urls`` are then ``host:port`` RPC addresses)
+the process opens ``connections`` connections per address (at most one per client of it) before
+it says it is ready, and deals that address's clients over them round-robin: many clients share
+one connection, their requests in flight together. A failed RPC call counts as ``timeout`` (no
+answer in time), ``connection`` (the connection broke or no node answered) or ``rpc:<code>``
+(the node's error code, as over HTTP a missing key on a read is ``rpc:key_not_found``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +42,14 @@ import aiohttp
 from replog.bench.histogram import Histogram
 from replog.bench.targets import Target, adapter
 from replog.bench.workloads import Op, OpSource, Workload
+from replog.client.errors import ReplogClientError
+from replog.client.rpc import RpcClient
+from replog.protocol import LINEARIZABLE, STALE
 
-__all__ = ["Job", "main", "run_job"]
+__all__ = ["Job", "main", "rpc_error_kind", "run_job"]
 
 ERROR_KINDS_MAX = 64
+ERROR_CODE_MAX_CHARS = 40
 BACKOFF_AFTER_FAILURE_S = 0.01
 
 
@@ -46,12 +59,14 @@ class Job:
 
     workload: Workload
     target: str
-    urls: tuple[str, ...]  # one per client, in client order
+    urls: tuple[str, ...]  # one per client, in client order (RPC: host:port addresses)
     seed: int
     count: int | None = None  # this process's share of an operation count
     preload_start: int | None = None  # preload: put keys start, start+step, ... < key_space
     preload_step: int = 1
     progress_interval_s: float = 0.25
+    protocol: str = "http"  # or "rpc"
+    connections: int = 4  # rpc: connections per address
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
@@ -144,6 +159,62 @@ async def _client(
             tally.fail(kind)
 
 
+ClientLoop = Callable[[Plan, Tally], Awaitable[None]]
+
+
+async def _http_clients(job: Job, stack: contextlib.AsyncExitStack) -> list[ClientLoop]:
+    target = adapter(job.target)
+    timeout = aiohttp.ClientTimeout(total=job.workload.timeout_s)
+    connector = aiohttp.TCPConnector(limit=len(job.urls), limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    await stack.enter_async_context(session)
+    return [functools.partial(_client, session, url, target) for url in job.urls]
+
+
+def rpc_error_kind(error: ReplogClientError) -> str:
+    """``timeout``, ``connection`` or ``rpc:<code>`` for one failed RPC call."""
+    if isinstance(error.__cause__, TimeoutError):
+        return "timeout"
+    if isinstance(error.__cause__, ConnectionError) or error.code == "unreachable":
+        return "connection"
+    return "rpc:" + error.code[:ERROR_CODE_MAX_CHARS]
+
+
+async def _rpc_client(client: RpcClient, plan: Plan, tally: Tally) -> None:
+    value = plan.source.value
+    while (step := plan.next()) is not None:
+        op, key = step
+        started = time.perf_counter()
+        try:
+            if op == "put":
+                await client.put(key, value)
+            else:
+                consistency = STALE if op == "stale-get" else LINEARIZABLE
+                if await client.get(key, consistency=consistency) is None:
+                    tally.fail("rpc:key_not_found")
+                    continue
+        except ReplogClientError as error:
+            kind = rpc_error_kind(error)
+            tally.fail(kind)
+            if kind == "connection":
+                await asyncio.sleep(BACKOFF_AFTER_FAILURE_S)
+            continue
+        tally.record(op, time.perf_counter() - started)
+
+
+async def _rpc_clients(job: Job, stack: contextlib.AsyncExitStack) -> list[ClientLoop]:
+    loops: list[ClientLoop] = []
+    for address, clients in collections.Counter(job.urls).items():
+        connections: list[RpcClient] = []
+        for _ in range(min(job.connections, clients)):
+            connection = await RpcClient.connect(address, timeout_s=job.workload.timeout_s)
+            stack.push_async_callback(connection.close)
+            connections.append(connection)
+        for k in range(clients):
+            loops.append(functools.partial(_rpc_client, connections[k % len(connections)]))
+    return loops
+
+
 def _emit(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document) + "\n")
     sys.stdout.flush()
@@ -162,12 +233,11 @@ def _cpu_s() -> float:
 
 async def run_job(job: Job, wait_for_go: bool = True) -> dict[str, Any]:
     """Run ``job``; returns the result document (see the module docstring)."""
-    target = adapter(job.target)
     plan = Plan(job, OpSource(job.workload, job.seed))
     tally = Tally()
-    timeout = aiohttp.ClientTimeout(total=job.workload.timeout_s)
-    connector = aiohttp.TCPConnector(limit=len(job.urls), limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    open_clients = _rpc_clients if job.protocol == "rpc" else _http_clients
+    async with contextlib.AsyncExitStack() as stack:
+        clients = await open_clients(job, stack)
         if wait_for_go:
             _emit({"ready": True})
             line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -176,7 +246,7 @@ async def run_job(job: Job, wait_for_go: bool = True) -> dict[str, Any]:
         progress = asyncio.create_task(_report_progress(tally, job.progress_interval_s))
         cpu_start, started = _cpu_s(), time.perf_counter()
         plan.start()
-        await asyncio.gather(*(_client(session, url, target, plan, tally) for url in job.urls))
+        await asyncio.gather(*(client(plan, tally) for client in clients))
         elapsed_s, cpu_s = time.perf_counter() - started, _cpu_s() - cpu_start
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from replog.bench import TARGETS, WORKLOADS, BenchConfig, BenchError, Report, Workload, run_bench
-from replog.bench.generator import ProgressCallback
+from replog.bench.generator import CONNECTIONS_PER_PROCESS_MAX, PROTOCOLS, ProgressCallback
 from replog.bench.workloads import CLIENTS_MAX, PROCESSES_MAX, VALUE_SIZE_MAX_BYTES
 from replog.client import DEFAULT_ENDPOINTS
 from replog.client._policy import normalize_endpoints
@@ -112,6 +112,22 @@ def _print_table(report: Report) -> None:
     show_default=True,
     help="The API spoken: replog, etcd (its JSON gateway) or pysyncobj "
     "(benchmarks/pysyncobj_server.py).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default="http",
+    show_default=True,
+    help="http: the HTTP API; rpc: replog's binary client protocol (--target replog only; "
+    "each node's RPC address is read from its /v1/status).",
+)
+@click.option(
+    "--connections-per-process",
+    type=click.IntRange(1, CONNECTIONS_PER_PROCESS_MAX),
+    default=4,
+    show_default=True,
+    help="With --protocol rpc: connections each generator process opens per node; its "
+    "clients share them, round-robin.",
 )
 @click.option(
     "--workload",
@@ -231,8 +247,10 @@ def bench(**options: Any) -> None:
 
     Clients are spread over several generator processes, each running asyncio with persistent
     HTTP/1.1 connections (one request in flight per client: aiohttp has no HTTP pipelining, so
-    concurrency comes from many keep-alive connections). Latency percentiles come from a
-    log-linear histogram (within about 1%); the generator's own CPU use is reported.
+    concurrency comes from many keep-alive connections). With --protocol rpc the clients of a
+    process share a few connections of the binary protocol instead, with many requests in flight
+    on each. Latency percentiles come from a log-linear histogram (within about 1%); the
+    generator's own CPU use is reported.
     """
     config = _config(options)
     output = options["output"] or click.get_current_context().meta.get(_GROUP_OUTPUT) or "table"
@@ -276,6 +294,8 @@ def _config(options: dict[str, Any]) -> BenchConfig:
             preload=options["preload"],
             seed=options["seed"],
             leader_wait_s=options["leader_wait_s"],
+            protocol=options["protocol"],
+            connections_per_process=options["connections_per_process"],
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
