@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,58 @@ async def test_snapshots_bound_the_log_and_restore_on_restart(tmp_path: Path) ->
         assert machine(again).items == [b"%d" % i for i in range(200)]
     finally:
         await again.stop()
+
+
+class SlowSnapshots(Register):
+    """A register whose snapshot encoding waits until released (on the encoder thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.encoding = threading.Event()
+
+    def snapshot_encoder(self) -> Callable[[], bytes]:
+        items = list(self.items)
+
+        def encode() -> bytes:
+            self.encoding.set()
+            assert self.release.wait(10)
+            return b"\n".join(items)
+
+        return encode
+
+    def snapshot(self) -> bytes:
+        return self.snapshot_encoder()()
+
+
+async def test_a_slow_snapshot_does_not_hold_up_replication(tmp_path: Path) -> None:
+    options = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, snapshot_entries=50)
+    ports = free_ports(3)
+    peers = {f"n{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
+    machines = {name: SlowSnapshots() for name in peers}
+    nodes = [
+        Node(machines[name], name=name, data_dir=str(tmp_path / name), peers=peers, options=options)
+        for name in peers
+    ]
+    for node in nodes:
+        await node.start()
+    try:
+        leader = await leader_of(nodes)
+        for i in range(60):
+            await leader.propose(b"%d" % i)
+        await asyncio.to_thread(machines[leader.name].encoding.wait, 5)
+        terms = {node.name: node.status().term for node in nodes}
+        for i in range(60, 200):  # the snapshot is stuck: writes still commit, nobody campaigns
+            await leader.propose(b"%d" % i)
+        await asyncio.sleep(0.4)  # more than two election timeouts
+        assert {node.name: node.status().term for node in nodes} == terms
+        assert leader.status().snapshot_index == 0
+        for machine_ in machines.values():
+            machine_.release.set()
+        async with asyncio.timeout(5):
+            while leader.status().snapshot_index < 50:
+                await leader.propose(b"more")
+        assert machine(leader).items[:200] == [b"%d" % i for i in range(200)]
+    finally:
+        for node in nodes:
+            await node.stop(transfer=False)

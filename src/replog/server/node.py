@@ -75,6 +75,7 @@ from replog.core import (
     ReplogError,
     Role,
     Snapshot,
+    SnapshotMeta,
 )
 from replog.core.types import decode_config
 from replog.errors import Unavailable, UnknownOutcome
@@ -315,6 +316,9 @@ class Node:
         self._peers_wanted: dict[int, str] = {}
         self._heard_at: dict[int, float] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
+        # Snapshot images are encoded here, so neither the loop nor the fsyncs wait for them.
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"replog-snap-{name}")
+        self._snapshotting: asyncio.Task[Snapshot] | None = None
         self._wake = asyncio.Event()
         self._completions = Completions()
         self._inbox: list[Message] = []
@@ -389,6 +393,9 @@ class Node:
         if self._driver is not None:
             with contextlib.suppress(BaseException):
                 await self._driver
+        if self._snapshotting is not None:
+            with contextlib.suppress(BaseException):
+                await self._snapshotting  # its storage work runs before storage.close
         if self._transport is not None:
             await self._transport.close()
         await self._completions.close()  # results already known reach their callers
@@ -398,6 +405,7 @@ class Node:
             storage, self._storage = self._storage, None
             await asyncio.get_running_loop().run_in_executor(self._io, storage.close)
         self._io.shutdown(wait=True)
+        self._encoder.shutdown(wait=True)
 
     async def wait_stopped(self) -> None:
         """Return when the node stops; raise the error that stopped it, if any."""
@@ -849,7 +857,8 @@ class Node:
                 self._maybe_promote_learners(raft)
                 while raft.has_ready() and not self._stopping:
                     await self._handle_ready(raft, raft.ready())
-                await self._maybe_snapshot(raft)
+                self._maybe_finish_snapshot(raft)
+                self._maybe_start_snapshot(raft)
         except Exception as error:
             log.critical("node %s stops: %s", self.name, error)
             self._failure = error
@@ -1082,12 +1091,15 @@ class Node:
         metrics.proposals_applied.set(raft.applied_index)
         metrics.apply_lag.set(raft.commit_index - raft.applied_index)
 
-    async def _maybe_snapshot(self, raft: RaftNode) -> None:
+    def _maybe_start_snapshot(self, raft: RaftNode) -> None:
+        """Start a snapshot in the background when the policy asks for one. The machine's
+        state is captured here, between two applies; encoding and writing it happen off the
+        driver, which goes on replicating (a large state must not stall heartbeats)."""
         storage = self._storage
         assert storage is not None
         policy = self.options.snapshot_policy()
         applied = raft.applied_index
-        if not policy.should_snapshot(
+        if self._snapshotting is not None or not policy.should_snapshot(
             applied_index=applied,
             snapshot_index=self._snapshot_index,
             log_bytes=storage.log_bytes,
@@ -1095,16 +1107,46 @@ class Node:
             return
         if not raft.membership.voters:
             return  # a joining node that has not learned its cluster yet
-        data = wrap_snapshot(self._registry.all(), self.machine.snapshot())
-        snapshot = Snapshot(raft.snapshot_meta(applied), data)
-        keep = policy.keep_entries
-        await asyncio.get_running_loop().run_in_executor(
-            self._io, storage.save_snapshot, snapshot, keep
+        capture = getattr(self.machine, "snapshot_encoder", None)
+        if capture is not None:
+            encode = capture()
+        else:
+            data = self.machine.snapshot()
+            encode = lambda: data  # noqa: E731
+        members = tuple(self._registry.all())
+        meta = raft.snapshot_meta(applied)
+        self._snapshotting = asyncio.create_task(
+            self._write_snapshot(storage, meta, lambda: wrap_snapshot(members, encode()))
         )
-        raft.compact(snapshot, keep)
-        self._snapshot_index = applied
+
+    async def _write_snapshot(
+        self, storage: NodeStorage, meta: SnapshotMeta, encode: Callable[[], bytes]
+    ) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        try:
+            snapshot = Snapshot(meta, await loop.run_in_executor(self._encoder, encode))
+            keep = self.options.snapshot_policy().keep_entries
+            await loop.run_in_executor(self._io, storage.save_snapshot, snapshot, keep)
+            return snapshot
+        finally:
+            self._wake.set()  # the driver compacts the core's log (or stops on an error)
+
+    def _maybe_finish_snapshot(self, raft: RaftNode) -> None:
+        task = self._snapshotting
+        if task is None or not task.done():
+            return
+        self._snapshotting = None
+        snapshot = task.result()  # a storage failure stops the node, as a failed save does
+        if snapshot.meta.index > self._snapshot_index:  # not overtaken by an installed one
+            raft.compact(snapshot, self.options.snapshot_policy().keep_entries)
+            self._snapshot_index = snapshot.meta.index
         self.metrics.snapshots.inc()
-        log.info("node %s: snapshot at index %d (%d bytes)", self.name, applied, len(snapshot.data))
+        log.info(
+            "node %s: snapshot at index %d (%d bytes)",
+            self.name,
+            snapshot.meta.index,
+            len(snapshot.data),
+        )
 
     # ---- helpers -------------------------------------------------------------------------------
 

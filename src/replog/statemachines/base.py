@@ -7,6 +7,12 @@ it applied (no clocks, no randomness, no I/O), so that every node reaches the sa
 that installs a snapshot from the leader, or restarts from its own). Results of ``apply`` stay
 on the node that applied them: they reach the local client that proposed the command and are
 never sent over the network, so they may be any Python value.
+
+Optionally, a machine with a large state may also offer ``snapshot_encoder() -> Callable[[],
+bytes]``: capture the state cheaply now and return a function that encodes that capture (the
+same bytes ``snapshot`` would give) without reading the live state. A ``Node`` then encodes and
+writes snapshots on another thread while it goes on applying; with ``snapshot`` alone, the
+encoding runs on the event loop. ``KVStore`` offers it.
 """
 
 from __future__ import annotations

@@ -114,7 +114,6 @@ class KVImage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     history: list[Event]  # oldest first
 
 
-_image_encoder = msgspec.msgpack.Encoder()
 _image_decoder = msgspec.msgpack.Decoder(KVImage)
 
 
@@ -174,24 +173,32 @@ class KVStore:
         return self._apply_checked(req)
 
     def snapshot(self) -> bytes:
-        image = KVImage(
-            format=IMAGE_FORMAT,
-            revision=self._revision,
-            compact_revision=self._compact_revision,
-            now_ms=self._now_ms,
-            kvs=[self._kvs[key] for key in self._keys],
-            idempotency=list(self._idempotency.values()),
-            history=[self._image_event(e) for e in self._history[self._history_start :]],
-        )
-        return _image_encoder.encode(image)
+        return self.snapshot_encoder()()
 
-    def _image_event(self, event: Event) -> Event:
-        """A put event whose kv is still the key's current one is written without its value
-        (the image holds that value once, in ``kvs``)."""
-        kv = event.kv
-        if event.type == "put" and self._kvs.get(kv.key) == kv:
-            return Event(_PUT_CURRENT, KeyValue(kv.key, b"", *_revisions(kv)))
-        return event
+    def snapshot_encoder(self) -> Callable[[], bytes]:
+        """Capture the state now and return the function that encodes that capture into
+        ``snapshot`` bytes. The capture is cheap (the containers are copied at C speed; the
+        frozen values they hold are shared), and the encoding never reads the live store, so
+        it may run on another thread while the store goes on applying."""
+        kvs = dict(self._kvs)
+        keys = list(self._keys)
+        idempotency = list(self._idempotency.values())
+        history = self._history[self._history_start :]
+        revision, compact_revision, now_ms = self._revision, self._compact_revision, self._now_ms
+
+        def encode() -> bytes:
+            image = KVImage(
+                format=IMAGE_FORMAT,
+                revision=revision,
+                compact_revision=compact_revision,
+                now_ms=now_ms,
+                kvs=[kvs[key] for key in keys],
+                idempotency=idempotency,
+                history=[_image_event(kvs, event) for event in history],
+            )
+            return msgspec.msgpack.encode(image)
+
+        return encode
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot image; raises ``InvalidSnapshot`` (a ValueError)
@@ -396,6 +403,17 @@ class KVStore:
         end = prefix_end(prefix)
         high = len(self._keys) if end is None else self._keys.bisect_left(end)
         return low, high
+
+
+def _image_event(kvs: dict[bytes, KeyValue], event: Event) -> Event:
+    """A put event whose kv is still the key's current one is written without its value (the
+    image holds that value once, in ``kvs``)."""
+    kv = event.kv
+    if event.type == "put":
+        current = kvs.get(kv.key)
+        if current is kv or current == kv:
+            return Event(_PUT_CURRENT, KeyValue(kv.key, b"", *_revisions(kv)))
+    return event
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
