@@ -404,6 +404,20 @@ def test_snapshot_policy() -> None:
     assert not policy.should_snapshot(applied_index=105, snapshot_index=100, log_bytes=10**9)
 
 
+def test_snapshot_policy_waits_for_as_much_log_as_the_last_snapshot() -> None:
+    policy = SnapshotPolicy(entries_max=100, log_bytes_max=10_000, entries_min=10)
+
+    def should(applied: int, log_bytes: int) -> bool:
+        return policy.should_snapshot(
+            applied_index=applied, snapshot_index=0, log_bytes=log_bytes, snapshot_bytes=5_000
+        )
+
+    assert not should(100, 4_999)  # enough entries, but the state is bigger than the log
+    assert should(100, 5_000)
+    assert not should(99, 9_999)  # enough log, but not enough entries
+    assert should(20, 10_000)  # the byte ceiling wins over the ratio
+
+
 def test_read_errors_do_not_fail_the_storage() -> None:
     disk = SimDisk(random.Random(23))
     storage, model = _open(disk)

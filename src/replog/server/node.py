@@ -336,6 +336,7 @@ class Node:
         self._failure: BaseException | None = None
         self._leader_seen = NO_NODE
         self._snapshot_index = 0
+        self._snapshot_bytes = 0  # the size of the last snapshot (see SnapshotPolicy)
         self._was_member = False
         self._leader_since = 0.0
 
@@ -354,6 +355,7 @@ class Node:
         if state.snapshot is not None:
             self._restore(state.snapshot.data)
             self._snapshot_index = state.snapshot.meta.index
+            self._snapshot_bytes = len(state.snapshot.data)
         self._learn_entries(state.entries)
         self._was_member = self.node_id in raft.membership.members()
         self._transport = PeerTransport(
@@ -964,6 +966,7 @@ class Node:
         if ready.snapshot is not None:
             self._restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
+            self._snapshot_bytes = len(ready.snapshot.data)
         self._apply(ready)
         for read_state in ready.read_states:
             batch = self._waiting.reads_by_context.pop(read_state.context, None)
@@ -1103,6 +1106,7 @@ class Node:
             applied_index=applied,
             snapshot_index=self._snapshot_index,
             log_bytes=storage.log_bytes,
+            snapshot_bytes=self._snapshot_bytes,
         ):
             return
         if not raft.membership.voters:
@@ -1140,6 +1144,7 @@ class Node:
         if snapshot.meta.index > self._snapshot_index:  # not overtaken by an installed one
             raft.compact(snapshot, self.options.snapshot_policy().keep_entries)
             self._snapshot_index = snapshot.meta.index
+            self._snapshot_bytes = len(snapshot.data)
         self.metrics.snapshots.inc()
         log.info(
             "node %s: snapshot at index %d (%d bytes)",

@@ -411,7 +411,9 @@ def _image_event(kvs: dict[bytes, KeyValue], event: Event) -> Event:
     kv = event.kv
     if event.type == "put":
         current = kvs.get(kv.key)
-        if current is kv or current == kv:
+        if current is kv or (
+            current is not None and current.mod_revision == kv.mod_revision and current == kv
+        ):
             return Event(_PUT_CURRENT, KeyValue(kv.key, b"", *_revisions(kv)))
     return event
 
