@@ -11,9 +11,12 @@ A frame is a 4-byte big-endian length followed by that many bytes of msgpack (ms
 never pickle). Every message is a tagged array; its first element names its kind.
 
 * The client opens with ``Hello`` (protocol version, expected cluster id, or "" for any); the
-  node answers ``Welcome`` or ``Failure`` and closes. A version or cluster mismatch is refused.
-* Then the client sends ``Write`` and ``Read`` requests, each with an id of its choosing (unique
-  among the requests it has in flight on that connection), as many as it likes without waiting.
+  node answers ``Welcome`` (with the largest frame it accepts) or a ``Failure``
+  (``version_mismatch``, ``cluster_mismatch``, ``invalid_request``) and closes.
+* Then the client sends ``Write`` and ``Read`` requests, each with an id of its choosing (at
+  least 1, unique among the requests it has in flight on that connection), as many as it
+  likes without waiting. Id 0 is the connection's own: a ``Failure`` with id 0 (a refused
+  handshake, a bad frame) answers no request and is followed by the close.
   The node answers each with exactly one ``Reply`` or ``Failure`` carrying the same id, in
   completion order (not request order). Answers that complete together leave in one write.
 * A write that fails with ``unknown_outcome`` may or may not have applied, as over HTTP; a lost
@@ -60,6 +63,7 @@ class Welcome(msgspec.Struct, tag=2, array_like=True, frozen=True):
     version: int
     node_id: str
     cluster_id: str
+    frame_bytes_max: int = 0  # a larger frame closes the connection; 0: not said
 
 
 class Write(msgspec.Struct, tag=3, array_like=True, frozen=True):

@@ -464,3 +464,13 @@ async def test_an_unavailable_node_at_handshake_sends_the_client_on(
     node.welcome = lambda hello: Failure(0, "unavailable", "starting up")
     async with await RpcClient.connect([node.address, node2.address]) as client:
         assert client.node_id == "n2"
+
+
+async def test_a_request_over_the_nodes_frame_limit_is_refused_here(node: FakeNode) -> None:
+    node.welcome = lambda hello: protocol.Welcome(protocol.VERSION, "n1", "c1", 1_000)
+    async with await RpcClient.connect(node.address) as client:
+        in_flight = asyncio.ensure_future(client.put("small", "v"))
+        with pytest.raises(TooLarge, match="over the node's limit of 1000"):
+            await client.put("big", "v" * 2_000)
+        assert (await in_flight).kv.key == b"small"  # the connection was not given up
+        assert [r.request.op.key for r in node.requests if isinstance(r, Write)] == [b"small"]

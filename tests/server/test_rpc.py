@@ -106,6 +106,7 @@ async def greeted(port: int) -> Conn:
     welcome = await conn.receive()
     assert isinstance(welcome, protocol.Welcome)
     assert (welcome.node_id, welcome.cluster_id) == ("n1", "test")
+    assert welcome.frame_bytes_max == 2048 + protocol.FRAME_OVERHEAD_BYTES
     return conn
 
 
@@ -206,16 +207,16 @@ async def test_idempotency_key_reused_for_another_write(single: Served) -> None:
 @pytest.mark.parametrize(
     ("hello", "problem"),
     [
-        (protocol.Hello(protocol.VERSION + 1, ""), "version"),
-        (protocol.Hello(protocol.VERSION, "another"), "cluster"),
-        (put(1, b"k", b"v"), "Hello"),
+        (protocol.Hello(protocol.VERSION + 1, ""), "version_mismatch"),
+        (protocol.Hello(protocol.VERSION, "another"), "cluster_mismatch"),
+        (put(1, b"k", b"v"), "invalid_request"),
     ],
 )
 async def test_a_bad_handshake_is_refused(single: Served, hello: object, problem: str) -> None:
     conn = await Conn.open(single.port)
     conn.send(hello)
     failure = await conn.receive()
-    assert isinstance(failure, protocol.Failure) and problem in failure.message
+    assert isinstance(failure, protocol.Failure) and failure.code == problem
     assert await conn.closed()
     assert single.kv.revision == 0
 

@@ -171,6 +171,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reason = ""  # why the node said it would close (a Failure with an unknown id)
         self.writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self.node_frame_bytes_max = 0  # from Welcome; 0 until then (or if the node says none)
         self._out = bytearray()
         self._flush_scheduled = False
         self._sweep: asyncio.TimerHandle | None = None
@@ -191,14 +192,24 @@ class _Connection(asyncio.Protocol):
             self.loop.call_soon(self._flush)
 
     def submit(self, message: Write | Read) -> asyncio.Future[Answer]:
-        """Send a request; its future receives the answer (or a ``_Broken``)."""
+        """Send a request; its future receives the answer (or a ``_Broken``). A request over
+        the node's frame limit is answered ``too_large`` here: sent, it would close the
+        connection and every request in flight on it."""
         future: asyncio.Future[Answer] = self.loop.create_future()
         if self.closed:
             future.set_result(self._broken("the connection is closed"))
             return future
+        start = len(self._out)
+        self.send(message)
+        size = len(self._out) - start - 4
+        if 0 < self.node_frame_bytes_max < size:
+            del self._out[start:]
+            limit = self.node_frame_bytes_max
+            message_ = f"the request is {size} bytes encoded, over the node's limit of {limit}"
+            future.set_result(Failure(message.id, "too_large", message_))
+            return future
         self.pending[message.id] = (future, self.loop.time() + self.timeout_s)
         self._queued_through = message.id
-        self.send(message)
         if self._sweep is None:
             self._sweep = self.loop.call_later(self.sweep_s, self._expire)
         return future
@@ -252,6 +263,7 @@ class _Connection(asyncio.Protocol):
         if self.welcome.done():
             self.abort("the node sent a second Welcome")
         else:
+            self.node_frame_bytes_max = message.frame_bytes_max
             self.welcome.set_result(message)
 
     def pause_writing(self) -> None:

@@ -161,17 +161,20 @@ class _Connection(asyncio.Protocol):
     def _greet(self, hello: protocol.Hello) -> bool:
         cluster_id = self.server.api.options.cluster_id
         if self.greeted:
-            problem = "Hello was already received on this connection"
+            code, problem = "invalid_request", "Hello was already received on this connection"
         elif hello.version != protocol.VERSION:
+            code = "version_mismatch"
             problem = f"protocol version {hello.version} is not spoken here ({protocol.VERSION})"
         elif hello.cluster_id not in ("", cluster_id):
+            code = "cluster_mismatch"
             problem = f"this node belongs to cluster {cluster_id!r}, not {hello.cluster_id!r}"
         else:
             self.greeted = True
             name = self.server.api.node.name
-            self._send(protocol.Welcome(protocol.VERSION, name, cluster_id))
+            limit = self.server.frame_bytes_max
+            self._send(protocol.Welcome(protocol.VERSION, name, cluster_id, limit))
             return True
-        self._fail_and_close("invalid_request", problem)
+        self._fail_and_close(code, problem)
         return False
 
     async def _serve(self, message: protocol.Write | protocol.Read) -> None:
