@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         KeyNotFound,
         ReplogClientError,
         RevisionCompacted,
+        RpcClient,
         ServerError,
         TooLarge,
     )
@@ -39,6 +40,7 @@ _HOMES = {
         "KeyNotFound",
         "ReplogClientError",
         "RevisionCompacted",
+        "RpcClient",
         "ServerError",
         "TooLarge",
     ),
@@ -56,6 +58,7 @@ __all__ = [  # noqa: RUF022 (grouped by home module)
     "KeyNotFound",
     "ReplogClientError",
     "RevisionCompacted",
+    "RpcClient",
     "ServerError",
     "TooLarge",
     "ReplogError",
