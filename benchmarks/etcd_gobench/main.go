@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/clientv3"
@@ -79,6 +80,9 @@ type result struct {
 	ElapsedS       float64        `json:"elapsed_s"`
 	ThroughputOpsS float64        `json:"throughput_ops_s"`
 	LatencyMs      latencyMs      `json:"latency_ms"`
+	// The generator's own CPU time during the run, and that divided by elapsed_s.
+	GeneratorCPUS  float64 `json:"generator_cpu_s"`
+	GeneratorCores float64 `json:"generator_cores"`
 }
 
 // worker is the private state of one client goroutine: nothing here is shared.
@@ -379,6 +383,15 @@ func run(o options, conns []*clientv3.Client, value string) ([]*worker, time.Dur
 	return workers, time.Since(start)
 }
 
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func ms(d time.Duration) float64 {
 	return float64(d) / float64(time.Millisecond)
 }
@@ -451,8 +464,14 @@ func main() {
 			fail(1, "%v", err)
 		}
 	}
+	cpuBefore := cpuTime()
 	workers, elapsed := run(o, conns, value)
+	cpu := cpuTime() - cpuBefore
 	r := summarize(o, workers, elapsed)
+	r.GeneratorCPUS = cpu.Seconds()
+	if elapsed > 0 {
+		r.GeneratorCores = cpu.Seconds() / elapsed.Seconds()
+	}
 	out, err := json.Marshal(r)
 	if err != nil {
 		fail(1, "cannot encode the result: %v", err)
