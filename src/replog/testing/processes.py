@@ -70,10 +70,15 @@ class ProcessNode:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    rpc_port: int = 0  # 0: the binary client protocol is off
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def rpc_address(self) -> str | None:
+        return f"127.0.0.1:{self.rpc_port}" if self.rpc_port else None
 
     @property
     def running(self) -> bool:
@@ -90,14 +95,17 @@ class ProcessCluster:
     nodes: dict[str, ProcessNode] = field(default_factory=dict)
     peer_address: Callable[[str, str], str] | None = None
     node_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    rpc: bool = False  # serve the binary client protocol too (--listen-rpc)
 
     def __post_init__(self) -> None:
-        ports = free_ports(2 * self.size)
+        ports = free_ports(3 * self.size)
         for i in range(self.size):
             name = f"n{i + 1}"
             self.nodes[name] = ProcessNode(
                 name, ports[i], ports[self.size + i], self.root / name, self.root / f"{name}.log"
             )
+            if self.rpc:
+                self.nodes[name].rpc_port = ports[2 * self.size + i]
 
     def __enter__(self) -> ProcessCluster:
         self.start()
@@ -110,6 +118,10 @@ class ProcessCluster:
     def endpoints(self) -> list[str]:
         return [node.url for node in self.nodes.values()]
 
+    @property
+    def rpc_endpoints(self) -> list[str]:
+        return [node.rpc_address for node in self.nodes.values() if node.rpc_address]
+
     def command(self, name: str) -> list[str]:
         node = self.nodes[name]
         initial = ",".join(
@@ -121,6 +133,7 @@ class ProcessCluster:
             "--data-dir", str(node.data_dir),
             "--listen-client", f"127.0.0.1:{node.client_port}",
             "--listen-peer", f"127.0.0.1:{node.peer_port}",
+            *(["--listen-rpc", node.rpc_address] if node.rpc_address else []),
             "--initial-cluster", initial,
             *self.extra_args,
         ]  # fmt: skip
