@@ -1,20 +1,24 @@
 """Side-by-side: the same workloads against replog, etcd and PySyncObj, in one run.
 
-Each system runs alone (started, measured, stopped; never two at once), 3 members on loopback:
+Each system runs alone (started, measured, stopped; never two at once), 3 members on loopback,
+and is driven by each of its clients in turn:
 
-* replog: ``replog serve`` x3, default timing, fsync on every Ready batch;
+* replog: ``replog serve`` x3, default timing, fsync on every Ready batch; driven by
+  ``replog bench`` over the binary protocol (``rpc``, the Python ``RpcClient``) and over HTTP;
 * etcd: Debian's etcd 3.4 x3 (``apt-get install -y etcd-server etcd-client``), default
-  settings, driven through its JSON gateway by the same generator; then ``etcdctl check perf``
-  (etcd's own Go gRPC client) on the same cluster;
+  settings; driven by etcd's own Go gRPC client (``grpc``: ``benchmarks/etcd_gobench``, built
+  with Debian's Go and etcd sources: ``apt-get install -y golang-go golang-etcd-server-dev``;
+  skipped with a message when they are missing) and by ``replog bench`` through etcd's JSON
+  gateway (``gateway``); then ``etcdctl check perf`` on the same cluster;
 * PySyncObj (PyPI) x3 behind ``pysyncobj_server.py``, with its on-disk journal (never fsynced)
   and ``appendEntriesUseBatch=False`` (its faster setting here; ``--pysyncobj-batch`` for the
-  library default, which waits for the next 100 ms append period).
+  library default, which waits for the next 100 ms append period); driven over HTTP.
 
-The workloads (256-byte values, 1,000 keys): sequential put (1 client), put with 64 clients,
-put with many clients (``--many-clients``, default 256), linearizable get with 64 clients.
-Then a table with each system's throughput and latency and the ratios replog/etcd and
-replog/pysyncobj. ``--output json`` prints everything as one JSON document; ``--save FILE``
-also writes it to a file.
+The workloads (256-byte values, 1,000 keys, every client sending to the leader): sequential put
+(1 client), put with 64 clients, put with many clients (``--many-clients``, default 1000),
+linearizable get with 64 clients. Then a table with each column's throughput and latency and
+the ratios of replog's best client to etcd's best and to PySyncObj. ``--output json`` prints
+everything as one JSON document; ``--save FILE`` also writes it to a file.
 
     .venv/bin/python benchmarks/compare.py --duration 10
 """
@@ -40,6 +44,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import etcd_gobench
 from systems import EtcdSystem, PySyncObjSystem, ReplogSystem
 
 from replog.bench import BenchConfig, Report, Workload, run_bench
@@ -96,6 +101,23 @@ def run_etcdctl_check_perf(endpoints: list[str], load: str) -> dict[str, Any]:
     return found
 
 
+# The columns: (system, client). The first column of a system that ran is its best client.
+COLUMNS = (
+    ("replog", "rpc"),
+    ("replog", "http"),
+    ("etcd", "grpc"),
+    ("etcd", "gateway"),
+    ("pysyncobj", "http"),
+)
+CLIENT_LABELS = {
+    "rpc": "binary protocol",
+    "http": "HTTP",
+    "grpc": "Go gRPC client",
+    "gateway": "JSON gateway",
+}
+Result = dict[str, Any]  # throughput_ops_s, p50_ms, p90_ms, p99_ms, max_ms, errors, cpu_cores
+
+
 def make_system(name: str, root: Path, args: argparse.Namespace) -> Any:
     if name == "replog":
         return ReplogSystem(root / "replog", args.nodes)
@@ -104,55 +126,126 @@ def make_system(name: str, root: Path, args: argparse.Namespace) -> Any:
     return PySyncObjSystem(root / "pysyncobj", args.nodes, batch=args.pysyncobj_batch)
 
 
-def measure(system: Any, all_cases: list[Case], args: argparse.Namespace) -> dict[str, Report]:
-    reports = {}
-    for case in all_cases:
-        config = BenchConfig(
-            endpoints=tuple(system.endpoints),
-            workload=case.workload,
-            target=system.target,
-            processes=args.processes,
-            send_to=args.send_to,
+def from_report(report: Report) -> Result:
+    latency = report.latency
+    return {
+        "throughput_ops_s": report.throughput_ops_s,
+        "p50_ms": latency.p50_ms,
+        "p90_ms": latency.p90_ms,
+        "p99_ms": latency.p99_ms,
+        "max_ms": latency.max_ms,
+        "errors": report.error_count,
+        "cpu_cores": report.cpu_cores,
+        "raw": report.to_json(),
+    }
+
+
+def from_gobench(found: dict[str, Any]) -> Result:
+    latency = found["latency_ms"]
+    return {
+        "throughput_ops_s": found["throughput_ops_s"],
+        "p50_ms": latency["p50"],
+        "p90_ms": latency["p90"],
+        "p99_ms": latency["p99"],
+        "max_ms": latency["max"],
+        "errors": found["error_count"],
+        "cpu_cores": found.get("generator_cores", 0.0),
+        "raw": found,
+    }
+
+
+def run_case(system: Any, client: str, case: Case, args: argparse.Namespace) -> Result:
+    workload = case.workload
+    if client == "grpc":
+        hosts = [url.removeprefix("http://") for url in system.endpoints]
+        found = etcd_gobench.run(
+            hosts,
+            op=workload.name,
+            clients=workload.clients,
+            duration_s=workload.duration_s,
+            value_size=workload.value_size_bytes,
+            key_space=workload.key_space,
+            target_leader=args.send_to == "leader",
         )
-        reports[case.name] = report = run_bench(config)
-        print(
-            f"  {system.target:9} {case.name:9} {report.throughput_ops_s:10,.1f} ops/s  "
-            f"p50 {report.latency.p50_ms:8.2f} ms  p99 {report.latency.p99_ms:8.2f} ms  "
-            f"errors {report.error_count}  generator {report.cpu_cores:.2f} cores",
-            file=sys.stderr,
-        )
-    return reports
+        return from_gobench(found)
+    config = BenchConfig(
+        endpoints=tuple(system.endpoints),
+        workload=workload,
+        target=system.target,
+        processes=args.processes,
+        send_to=args.send_to,
+        protocol="rpc" if client == "rpc" else "http",
+    )
+    return from_report(run_bench(config))
+
+
+def clients_of(name: str, args: argparse.Namespace) -> list[str]:
+    chosen = [c for s, c in COLUMNS if s == name and c in args.clients]
+    if "grpc" in chosen:
+        reason = etcd_gobench.unavailable_reason()
+        if reason is not None:
+            print(f"etcd: no Go gRPC client run: {reason}", file=sys.stderr)
+            chosen.remove("grpc")
+    return chosen
+
+
+def measure(
+    system: Any, name: str, all_cases: list[Case], args: argparse.Namespace
+) -> dict[str, dict[str, Result]]:
+    """{client: {case: result}} for every client of this system."""
+    results: dict[str, dict[str, Result]] = {}
+    for client in clients_of(name, args):
+        results[client] = {}
+        for case in all_cases:
+            results[client][case.name] = r = run_case(system, client, case, args)
+            print(
+                f"  {name:9} {client:7} {case.name:9} {r['throughput_ops_s']:10,.1f} ops/s  "
+                f"p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  "
+                f"errors {r['errors']}  generator {r['cpu_cores']:.2f} cores",
+                file=sys.stderr,
+            )
+    return results
 
 
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def table(all_cases: list[Case], results: dict[str, dict[str, Report]]) -> Table:
-    systems = [s for s in SYSTEMS if s in results]
+def best(results: dict[str, dict[str, dict[str, Result]]], system: str) -> str | None:
+    """The first column of ``system`` that ran (COLUMNS lists each system's best first)."""
+    for s, client in COLUMNS:
+        if s == system and client in results.get(system, {}):
+            return client
+    return None
+
+
+def table(all_cases: list[Case], results: dict[str, dict[str, dict[str, Result]]]) -> Table:
+    columns = [(s, c) for s, c in COLUMNS if c in results.get(s, {})]
     out = Table(box=box.SIMPLE_HEAD, title="throughput ops/s (p50 / p99 ms)")
     out.add_column("workload")
-    for name in systems:
-        out.add_column(name, justify="right")
-    for other in ("etcd", "pysyncobj"):
-        if "replog" in results and other in results:
-            out.add_column(f"replog/{other}", justify="right")
+    for system, client in columns:
+        out.add_column(f"{system}\n{CLIENT_LABELS[client]}", justify="right")
+    mine = best(results, "replog")
+    others = [(o, best(results, o)) for o in ("etcd", "pysyncobj")]
+    others = [(o, c) for o, c in others if c is not None and mine is not None]
+    for other, client in others:
+        out.add_column(f"replog/{other}\n({mine} / {client})", justify="right")
     for case in all_cases:
         row = [case.label]
-        for name in systems:
-            r = results[name][case.name]
-            errors = f" [{r.error_count} err]" if r.error_count else ""
+        for system, client in columns:
+            r = results[system][client][case.name]
+            errors = f" [{r['errors']} err]" if r["errors"] else ""
             row.append(
-                f"{r.throughput_ops_s:,.0f} ({r.latency.p50_ms:.1f} / {r.latency.p99_ms:.1f})"
-                + errors
+                f"{r['throughput_ops_s']:,.0f} ({r['p50_ms']:.1f} / {r['p99_ms']:.1f})" + errors
             )
-        for other in ("etcd", "pysyncobj"):
-            if "replog" in results and other in results:
-                mine, theirs = results["replog"][case.name], results[other][case.name]
-                row.append(
-                    f"{ratio(mine.throughput_ops_s, theirs.throughput_ops_s)} "
-                    f"(p50 {ratio(mine.latency.p50_ms, theirs.latency.p50_ms)})"
-                )
+        for other, client in others:
+            assert mine is not None and client is not None
+            a = results["replog"][mine][case.name]
+            b = results[other][client][case.name]
+            row.append(
+                f"{ratio(a['throughput_ops_s'], b['throughput_ops_s'])} "
+                f"(p50 {ratio(a['p50_ms'], b['p50_ms'])})"
+            )
         out.add_row(*row)
     return out
 
@@ -167,7 +260,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     parser.add_argument("--nodes", type=int, default=3, help="members per cluster")
-    parser.add_argument("--many-clients", type=int, default=256, help="the many-client put")
+    parser.add_argument("--many-clients", type=int, default=1000, help="the many-client put")
+    parser.add_argument("--clients", default="rpc,http,grpc,gateway",
+                        help="comma-separated clients to drive the systems with")  # fmt: skip
     parser.add_argument("--value-size", type=int, default=256, help="bytes per value")
     parser.add_argument("--processes", type=int, default=None, help="generator processes")
     parser.add_argument("--send-to", choices=["all", "leader"], default="leader")
@@ -178,6 +273,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
+    args.clients = [c for c in args.clients.split(",") if c]
+    bad_clients = set(args.clients) - set(CLIENT_LABELS)
+    if bad_clients:
+        parser.error(f"unknown clients: {', '.join(sorted(bad_clients))}")
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -187,7 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     all_cases = cases(args.duration, args.many_clients, args.value_size)
-    results: dict[str, dict[str, Report]] = {}
+    results: dict[str, dict[str, dict[str, Result]]] = {}
     described: dict[str, str] = {}
     etcdctl: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="replog-compare-") as tmp:
@@ -195,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: starting", file=sys.stderr)
             with make_system(name, Path(tmp), args) as system:
                 described[name] = system.describe()
-                results[name] = measure(system, all_cases, args)
+                results[name] = measure(system, name, all_cases, args)
                 if name == "etcd" and args.etcdctl_load != "none":
                     print(f"etcd: etcdctl check perf --load={args.etcdctl_load}", file=sys.stderr)
                     etcdctl = run_etcdctl_check_perf(system.endpoints, args.etcdctl_load)
@@ -205,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "systems": described,
         "cases": {c.name: c.label for c in all_cases},
-        "results": {s: {c: r.to_json() for c, r in rs.items()} for s, rs in results.items()},
+        "results": results,
         "etcdctl_check_perf": etcdctl,
     }
     if args.save is not None:

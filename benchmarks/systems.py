@@ -65,7 +65,7 @@ class ReplogSystem:
     cluster: ProcessCluster | None = None
 
     def __enter__(self) -> ReplogSystem:
-        self.cluster = ProcessCluster(self.root, size=self.size, extra_args=())
+        self.cluster = ProcessCluster(self.root, size=self.size, extra_args=(), rpc=True)
         self.cluster.start()
         return self
 
@@ -79,7 +79,7 @@ class ReplogSystem:
         return self.cluster.endpoints
 
     def describe(self) -> str:
-        return f"replog, {self.size} nodes, `replog serve` default timing, fsync on"
+        return f"replog, {self.size} nodes, `replog serve` default timing, fsync on, --listen-rpc"
 
 
 @dataclass
