@@ -54,3 +54,19 @@ async def test_close_hands_out_what_is_queued() -> None:
     completions.result(future, "late")
     await completions.close()
     assert future.result() == "late"
+
+
+async def test_a_few_results_are_handed_over_at_once_then_queued() -> None:
+    completions = Completions(slice_size=2)
+    completions.start()
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(4)]
+    for i, future in enumerate(futures):
+        completions.result(future, i)
+    assert [f.done() for f in futures] == [True, True, False, False]  # this turn's budget
+    assert await asyncio.gather(*futures) == [0, 1, 2, 3]
+    await asyncio.sleep(0)
+    late = loop.create_future()
+    completions.result(late, "next turn")  # a new turn, an empty queue: at once again
+    assert late.done()
+    await completions.close()

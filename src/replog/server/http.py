@@ -180,6 +180,12 @@ class Api:
         self, op: Put | Delete | Txn, idempotency_key: str | None
     ) -> PutResult | DeleteResult | TxnResult:
         """Check, propose and wait for one write; raises ``ApiError`` or the node's errors."""
+        return self.finish_write(await self.start_write(op, idempotency_key))
+
+    def start_write(
+        self, op: Put | Delete | Txn, idempotency_key: str | None
+    ) -> asyncio.Future[object]:
+        """Check and propose one write; the future receives what ``finish_write`` takes."""
         if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
             message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
             raise ApiError(400, "invalid_request", message)
@@ -188,7 +194,10 @@ class Api:
             check_request(command, self.options.limits)
         except InvalidCommand as error:
             raise _invalid(error) from None
-        result = await self.node.propose(encode_request(command))
+        return self.node.submit(encode_request(command))
+
+    def finish_write(self, result: object) -> PutResult | DeleteResult | TxnResult:
+        """The store's answer to a write, or its refusal as an ``ApiError``."""
         if isinstance(result, ErrorResult):
             status = 409 if result.code == "idempotency_key_reused" else 400
             raise ApiError(status, result.code, result.message)

@@ -111,6 +111,8 @@ CATCH_UP_LAG_ENTRIES = 100  # a member within this many entries of the leader ha
 PROMOTE_CHECK_S = 0.5  # how often a leader looks for learners to promote
 DEMOTE_WAIT_S = 2.0  # how long a removal waits for the demoted voter to hear of it
 PUBLISH_RETRY_S = 0.5
+INLINE_PERSIST_ENTRIES_MAX = 8  # a Ready this small is persisted on the loop (see _persist)
+INLINE_PERSIST_SLOW_S = 0.005  # ... unless the last persist took longer than this
 # Request ids of node records (client URLs) start with this; ordinary ids start with 8 random
 # bytes per process, so a clash has odds of 2**-64.
 RECORD_PREFIX = b"\xffreplog\x00"
@@ -351,6 +353,7 @@ class Node:
         self._leader_seen = NO_NODE
         self._snapshot_index = 0
         self._snapshot_bytes = 0  # the size of the last snapshot (see SnapshotPolicy)
+        self._last_persist_s = 0.0  # how long the last Ready took to make durable
         self._was_member = False
         self._leader_since = 0.0
 
@@ -443,10 +446,18 @@ class Node:
         """Replicate ``command``, wait until it is committed and applied here, and return the
         state machine's result. Raises ``Unavailable`` (certainly not applied) or
         ``UnknownOutcome`` (proposed, fate unknown: retry only if the command is idempotent)."""
-        request_id = self._id_prefix + next(self._ids_counter).to_bytes(8, "big")
-        return await self._submit(request_id, command, timeout_s)
+        return await self.submit(command, timeout_s)
 
-    async def _submit(self, request_id: bytes, command: bytes, timeout_s: float | None) -> object:
+    def submit(self, command: bytes, timeout_s: float | None = None) -> asyncio.Future[object]:
+        """``propose`` without waiting: the future receives the result or the error (a caller
+        that serves many requests saves a task per request). Cancelling it withdraws the
+        proposal if it has not reached the core yet."""
+        request_id = self._id_prefix + next(self._ids_counter).to_bytes(8, "big")
+        return self._submit(request_id, command, timeout_s)
+
+    def _submit(
+        self, request_id: bytes, command: bytes, timeout_s: float | None
+    ) -> asyncio.Future[object]:
         self._check_running()
         loop = asyncio.get_running_loop()
         proposal = _Proposal(request_id, request_id + command, loop.create_future())
@@ -455,13 +466,13 @@ class Node:
         self.metrics.proposals_pending.inc()
         # A timer per request, not asyncio.timeout: it costs a fraction (profiled).
         expiry = loop.call_later(self._timeout(timeout_s), self._expire_proposal, proposal)
-        try:
-            return await proposal.future
-        finally:
-            expiry.cancel()
-            self.metrics.proposals_pending.dec()
-            proposal.future.cancel()
-            self._waiting.by_request.pop(request_id, None)
+        proposal.future.add_done_callback(lambda _: self._proposal_done(proposal, expiry))
+        return proposal.future
+
+    def _proposal_done(self, proposal: _Proposal, expiry: asyncio.TimerHandle) -> None:
+        expiry.cancel()
+        self.metrics.proposals_pending.dec()
+        self._waiting.by_request.pop(proposal.request_id, None)
 
     def _expire_proposal(self, proposal: _Proposal) -> None:
         if proposal.future.done():
@@ -967,19 +978,18 @@ class Node:
         assert storage is not None and transport is not None
         self._learn_entries(ready.entries)  # new members' addresses, before anything is sent
         self._sync_peers(raft)
+        applied_early = _stored_before(ready)
+        if applied_early:  # their callers need not wait for this Ready's sends and fsync
+            self._apply(ready)
         for message in ready.messages_before_persist():
             transport.send(message)  # our fsync overlaps the followers' (a refusal is counted)
-        applied_early = _stored_before(ready)
-        if applied_early:  # their callers need not wait for the next batch's fsync
-            self._apply(ready)
+        if ready.entries:
+            transport.flush()  # new entries leave now; a commit index can wait for the writers
         if ready.must_sync():  # a commit-only change is not worth an fsync
-            started = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
-            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-            if ready.entries:
-                self.metrics.batch_entries.observe(len(ready.entries))
+            await self._persist(storage, ready)
         for message in ready.messages_after_persist():
             transport.send(message)
+        transport.flush()
         if ready.snapshot is not None:
             self._restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
@@ -993,6 +1003,26 @@ class Node:
         raft.advance(ready)
         self._serve_reads(raft.applied_index)
         self._observe(raft, ready)
+
+    async def _persist(self, storage: NodeStorage, ready: Ready) -> None:
+        """Make ``ready`` durable. A small batch on a disk that has been fast is written on the
+        loop itself: the two thread hops cost more than its fsync. A large batch, a snapshot,
+        or a disk that was slow the last time go to the storage thread, so the loop keeps
+        reading requests (which batch into the next Ready) and a stalled disk cannot freeze it."""
+        started = time.perf_counter()
+        inline = (
+            len(ready.entries) <= INLINE_PERSIST_ENTRIES_MAX
+            and ready.snapshot is None
+            and self._last_persist_s < INLINE_PERSIST_SLOW_S
+        )
+        if inline:
+            storage.save_ready(ready)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
+        self._last_persist_s = time.perf_counter() - started
+        self.metrics.fsync_seconds.observe(self._last_persist_s)
+        if ready.entries:
+            self.metrics.batch_entries.observe(len(ready.entries))
 
     def _apply(self, ready: Ready) -> None:
         waiting = self._waiting

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 One ``_Connection`` (an asyncio protocol) per client connection. Frames are cut from the byte
-stream as they arrive and decoded strictly; the first must be ``Hello``. Each request then runs
-as its own task through the same code as the HTTP API (``Api.write``, ``Api.read_barrier``), so
-both protocols check, propose, read and fail alike, with the same error codes.
+stream as they arrive and decoded strictly; the first must be ``Hello``. Requests go through
+the same code as the HTTP API (``Api.start_write``/``finish_write``, ``Api.read_barrier``), so
+both protocols check, propose, read and fail alike, with the same error codes. A write is a
+callback on the node's future (no task per write); a read runs as a task.
 
 Answers are queued on the connection and leave together once per turn of the event loop: the
 answers that one commit completes cost one ``write`` call, not one each.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from typing import Final, cast
@@ -69,9 +71,7 @@ class RpcServer:
             revision=self.api.kv.revision,
         )
 
-    async def answer(self, message: protocol.Write | protocol.Read) -> protocol.Result:
-        if isinstance(message, protocol.Write):
-            return await self.api.write(message.request.op, message.request.idempotency_key)
+    async def answer(self, message: protocol.Read) -> protocol.Result:
         await self.api.read_barrier(message.consistency, message.min_revision)
         return self._read(message.query)
 
@@ -116,7 +116,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
         for task in self.tasks:
-            task.cancel()  # nobody is left to answer; a proposed write still commits
+            task.cancel()  # reads nobody is left to answer (writes go on: they may commit)
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -152,11 +152,49 @@ class _Connection(asyncio.Protocol):
         if not self.greeted:
             self._fail_and_close("invalid_request", "the first frame must be Hello")
             return False
+        if isinstance(message, protocol.Write):
+            self._start_write(message)
+            return True
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._serve(message))
         self.tasks.add(task)
         task.add_done_callback(self._served)
         return True
+
+    def _start_write(self, message: protocol.Write) -> None:
+        """A write needs no task: the node's future calls back with the outcome."""
+        request = message.request
+        try:
+            future = self.server.api.start_write(request.op, request.idempotency_key)
+        except Exception as error:
+            self._fail(message.id, error)
+            return
+        self.in_flight += 1
+        future.add_done_callback(functools.partial(self._write_done, message.id))
+
+    def _write_done(self, request_id: int, future: asyncio.Future[object]) -> None:
+        self.in_flight -= 1
+        self._pace()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            try:
+                result = self.server.api.finish_write(future.result())
+            except ApiError as refused:
+                error = refused
+            else:
+                self._send(protocol.Reply(request_id, self.server.header(), result))
+                return
+        self._fail(request_id, error)
+
+    def _fail(self, request_id: int, error: BaseException) -> None:
+        api_error = api_error_of(error) if isinstance(error, Exception) else None
+        if api_error is None:
+            log.error("rpc request %d failed", request_id, exc_info=error)
+            api_error = ApiError(500, "internal", "the node failed to serve the request")
+        header = self.server.header()
+        self._send(protocol.Failure(request_id, api_error.code, api_error.message, header))
 
     def _greet(self, hello: protocol.Hello) -> bool:
         cluster_id = self.server.api.options.cluster_id
@@ -177,16 +215,11 @@ class _Connection(asyncio.Protocol):
         self._fail_and_close(code, problem)
         return False
 
-    async def _serve(self, message: protocol.Write | protocol.Read) -> None:
+    async def _serve(self, message: protocol.Read) -> None:
         try:
             result = await self.server.answer(message)
         except Exception as error:
-            api_error = api_error_of(error)
-            if api_error is None:
-                log.exception("rpc request %d failed", message.id)
-                api_error = ApiError(500, "internal", "the node failed to serve the request")
-            header = self.server.header()
-            self._send(protocol.Failure(message.id, api_error.code, api_error.message, header))
+            self._fail(message.id, error)
             return
         self._send(protocol.Reply(message.id, self.server.header(), result))
 

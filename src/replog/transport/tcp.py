@@ -244,6 +244,10 @@ class _OutboundProtocol(_Protocol):
         self._wake_drain()
         self._link.wakeup.set()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -575,6 +579,25 @@ class PeerTransport:
         link.queued_bytes += size
         link.wakeup.set()
         return True
+
+    def flush(self) -> None:
+        """Write what is queued now instead of on the writers' next turn of the loop (the
+        commit path saves a turn per hop). Links that are not connected, whose socket buffer
+        is full, or that stream a snapshot are left to their writer tasks."""
+        for link in self._links.values():
+            protocol = link.protocol
+            if (
+                not link.queue
+                or protocol is None
+                or protocol.closing
+                or protocol.paused
+                or protocol.transport is None
+                or link.transfer is not None
+            ):
+                continue
+            batch, count = self._take_batch(link)
+            protocol.transport.write(batch)
+            link.sent_messages += count
 
     def _send_snapshot(self, link: _Link, m: InstallSnapshot) -> bool:
         """Start streaming ``m`` in chunks, or absorb a resend of the one in transfer."""
