@@ -1,6 +1,9 @@
 """Curves: throughput and p99 latency of puts against clients, value size and cluster size.
 
-Sweeps (each point one ``replog bench`` run of ``--duration`` seconds, each system alone):
+Sweeps (each point one run of ``--duration`` seconds, each system alone, every client sending
+to the leader), for each column ``SYSTEM:CLIENT`` of ``--columns`` (default replog over its
+binary protocol and etcd through its Go gRPC client, each system's fastest client; see
+``compare.py`` for the clients):
 
 * clients 1 to 1024 (256-byte values, 3 members) -> ``docs/bench-clients.png``;
 * value size 16 B to 64 KiB (16 clients, 3 members) -> ``docs/bench-value-size.png``;
@@ -9,7 +12,7 @@ Sweeps (each point one ``replog bench`` run of ``--duration`` seconds, each syst
 The measured points are written to ``benchmarks/results/curves.json``; ``--plot-only`` redraws
 the PNGs from that file without measuring. Needs matplotlib (``pip install -e '.[bench]'``).
 
-    .venv/bin/python benchmarks/plots.py --duration 5 --systems replog,etcd
+    .venv/bin/python benchmarks/plots.py --duration 5 --columns replog:rpc,etcd:grpc
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import machine
+from compare import CLIENT_LABELS, COLUMNS, Case, machine, run_case
 from systems import EtcdSystem, ReplogSystem
 
-from replog.bench import BenchConfig, Workload, run_bench
+from replog.bench import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "results" / "curves.json"
@@ -50,43 +53,47 @@ def make(system: str, root: Path, size: int) -> Any:
     return EtcdSystem(path, size)
 
 
-def point(system: Any, clients: int, value_size: int, duration_s: float) -> dict[str, Any]:
+def point(
+    system: Any, client: str, clients: int, value_size: int, args: argparse.Namespace
+) -> dict[str, Any]:
     workload = Workload(name="put", clients=clients, value_size_bytes=value_size,
-                        duration_s=duration_s, key_space=1000)  # fmt: skip
-    config = BenchConfig(endpoints=tuple(system.endpoints), workload=workload,
-                         target=system.target, send_to="leader")  # fmt: skip
-    report = run_bench(config)
-    print(f"  {system.target} clients={clients} value={value_size} -> "
-          f"{report.throughput_ops_s:,.0f} ops/s p99 {report.latency.p99_ms:.1f} ms "
-          f"errors {report.error_count}", file=sys.stderr)  # fmt: skip
+                        duration_s=args.duration, key_space=1000)  # fmt: skip
+    result = run_case(system, client, Case("put", "put", workload), args)
+    print(f"  {system.target}:{client} clients={clients} value={value_size} -> "
+          f"{result['throughput_ops_s']:,.0f} ops/s p99 {result['p99_ms']:.1f} ms "
+          f"errors {result['errors']}", file=sys.stderr)  # fmt: skip
     return {
-        "throughput_ops_s": report.throughput_ops_s,
-        "p50_ms": report.latency.p50_ms,
-        "p99_ms": report.latency.p99_ms,
-        "errors": report.error_count,
-        "generator_cpu_cores": report.cpu_cores,
+        "throughput_ops_s": result["throughput_ops_s"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "errors": result["errors"],
+        "generator_cpu_cores": result["cpu_cores"],
     }
 
 
 def measure(
-    systems: list[str], duration_s: float, tmp: Path, save: Callable[[dict[str, Any]], None]
+    columns: list[tuple[str, str]],
+    args: argparse.Namespace,
+    tmp: Path,
+    save: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Every sweep for every system; ``save(curves)`` after each system (partial results)."""
+    """Every sweep for every column; ``save(curves)`` after each column (partial results)."""
     curves: dict[str, Any] = {sweep: {} for sweep in SWEEPS}
-    for name in systems:
+    for name, client in columns:
+        label = f"{name} ({CLIENT_LABELS[client]})"
         for sweep in SWEEPS:
-            curves[sweep][name] = []
+            curves[sweep][label] = []
         with make(name, tmp, 3) as system:
             for clients in CLIENTS:
-                result = point(system, clients, 256, duration_s)
-                curves["clients"][name].append({"x": clients, **result})
+                result = point(system, client, clients, 256, args)
+                curves["clients"][label].append({"x": clients, **result})
             for size in VALUE_SIZES:
-                result = point(system, 16, size, duration_s)
-                curves["value_size"][name].append({"x": size, **result})
+                result = point(system, client, 16, size, args)
+                curves["value_size"][label].append({"x": size, **result})
         for members in CLUSTER_SIZES:
             with make(name, tmp, members) as system:
-                result = point(system, 64, 256, duration_s)
-                curves["cluster_size"][name].append({"x": members, **result})
+                result = point(system, client, 64, 256, args)
+                curves["cluster_size"][label].append({"x": members, **result})
         save(curves)
     return curves
 
@@ -139,13 +146,19 @@ def draw(document: dict[str, Any], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="benchmark curves as PNG plots")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
-    parser.add_argument("--systems", default="replog,etcd", help="replog and/or etcd")
+    parser.add_argument("--columns", default="replog:rpc,etcd:grpc",
+                        help="SYSTEM:CLIENT,... (replog:rpc, replog:http, etcd:grpc, "
+                        "etcd:gateway)")  # fmt: skip
     parser.add_argument("--data", type=Path, default=DATA, help="where the points are kept")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--plot-only", action="store_true", help="redraw from --data")
     args = parser.parse_args(argv)
+    args.send_to, args.processes = "leader", None  # what compare.run_case reads
+    columns = [tuple(c.split(":", 1)) for c in args.columns.split(",") if c]
+    for column in columns:
+        if len(column) != 2 or column not in COLUMNS:
+            parser.error(f"unknown column {':'.join(column)!r}")
     if not args.plot_only:
-        systems = [s for s in args.systems.split(",") if s in ("replog", "etcd")]
 
         def save(curves: dict[str, Any]) -> None:
             document = {
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             args.data.write_text(json.dumps(document, indent=1) + "\n")
 
         with tempfile.TemporaryDirectory(prefix="replog-curves-") as tmp:
-            measure(systems, args.duration, Path(tmp), save)
+            measure(columns, args, Path(tmp), save)  # type: ignore[arg-type]
     draw(json.loads(args.data.read_text()), args.out_dir)
 
 
