@@ -474,3 +474,19 @@ async def test_a_request_over_the_nodes_frame_limit_is_refused_here(node: FakeNo
             await client.put("big", "v" * 2_000)
         assert (await in_flight).kv.key == b"small"  # the connection was not given up
         assert [r.request.op.key for r in node.requests if isinstance(r, Write)] == [b"small"]
+
+
+def test_the_client_runs_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> bytes | None:
+        fake = await FakeNode().start()
+        try:
+            async with await RpcClient.connect(fake.address, timeout_s=2) as client:
+                await client.put("k", "on uvloop")
+                kv = await client.get("k")
+                return None if kv is None else kv.value
+        finally:
+            await fake.stop()
+
+    assert uvloop.run(scenario()) == b"on uvloop"
