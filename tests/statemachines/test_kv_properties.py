@@ -36,6 +36,7 @@ from replog.statemachines import (
     Request,
     Txn,
     TxnResult,
+    commands,
     decode_request,
     encode_request,
     txn_from_json,
@@ -385,3 +386,30 @@ def txn_to_json(txn: Txn) -> dict[str, object]:
 @given(TXNS)
 def test_txn_from_json_round_trips(txn: Txn) -> None:
     assert txn_from_json(txn_to_json(txn), LIMITS) == txn
+
+
+PUT_EDGES = KVLimits(key_bytes_max=8, value_bytes_max=16, request_bytes_max=20)
+
+
+@given(
+    st.binary(max_size=10),
+    st.binary(max_size=18),
+    st.one_of(st.none(), st.text(max_size=4)),
+    st.one_of(st.integers(min_value=-2, max_value=2**63 + 1), st.just(1.5)),
+)
+def test_the_quick_put_check_agrees_with_the_full_one(
+    key: bytes, value: bytes, idempotency_key: str | None, time_ms: int
+) -> None:
+    req = Request(Put(key, value), idempotency_key=idempotency_key, time_ms=time_ms)
+
+    def verdict(check: object) -> str:
+        try:
+            check(req, PUT_EDGES)  # type: ignore[operator]
+        except InvalidCommand as error:
+            return type(error).__name__
+        return "valid"
+
+    full = verdict(commands._check_request_fully)
+    assert verdict(commands.check_request) == full
+    if commands._plain_valid_put(req, PUT_EDGES):
+        assert full == "valid"

@@ -21,6 +21,7 @@ idempotent requests in its snapshot and decodes them back into the same types.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 import msgspec
@@ -190,6 +191,7 @@ def encode_op(op: WriteOp) -> bytes:
     return _request_encoder.encode(op)
 
 
+@functools.lru_cache(maxsize=16)
 def encoded_bytes_max(limits: KVLimits) -> int:
     """An upper bound on the encoded size of any request that passes ``check_request``."""
     parts = limits.txn_compares_max + 2 * limits.txn_ops_max + 4
@@ -211,6 +213,11 @@ def decode_request(data: bytes, limits: KVLimits | None = None) -> Request:
 
 def check_request(req: Request, limits: KVLimits) -> None:
     """Raise ``InvalidCommand`` (``TooLarge`` for a limit) unless ``req`` is well-formed."""
+    if not _plain_valid_put(req, limits):  # the common case, in one expression (every node
+        _check_request_fully(req, limits)  # checks every entry it applies)
+
+
+def _check_request_fully(req: Request, limits: KVLimits) -> None:
     if not isinstance(req, Request):
         raise InvalidCommand(f"a request must be a Request, not {type(req).__name__}")
     _check_idempotency_key(req.idempotency_key)
@@ -222,6 +229,23 @@ def check_request(req: Request, limits: KVLimits) -> None:
             f"the request carries {payload_bytes} bytes of keys and values, "
             f"over the limit of {limits.payload_bytes_max}"
         )
+
+
+def _plain_valid_put(req: object, limits: KVLimits) -> bool:
+    """A valid put without an idempotency key. Its payload needs no check of its own: a key and
+    a value within their limits are within ``payload_bytes_max`` by its definition."""
+    if type(req) is not Request or req.idempotency_key is not None:
+        return False
+    op, time_ms = req.op, req.time_ms
+    return (
+        type(op) is Put
+        and type(time_ms) is int
+        and 0 <= time_ms <= INT64_MAX
+        and type(op.key) is bytes
+        and type(op.value) is bytes
+        and 0 < len(op.key) <= limits.key_bytes_max
+        and len(op.value) <= limits.value_bytes_max
+    )
 
 
 def check_op(op: object, limits: KVLimits, where: str = "") -> int:
