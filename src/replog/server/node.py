@@ -1008,12 +1008,15 @@ class Node:
         """Make ``ready`` durable. A small batch on a disk that has been fast is written on the
         loop itself: the two thread hops cost more than its fsync. A large batch, a snapshot,
         or a disk that was slow the last time go to the storage thread, so the loop keeps
-        reading requests (which batch into the next Ready) and a stalled disk cannot freeze it."""
+        reading requests (which batch into the next Ready) and a stalled disk cannot freeze it.
+        While a snapshot is being stored, everything goes to the storage thread: the storage
+        is used by one thread at a time."""
         started = time.perf_counter()
         inline = (
             len(ready.entries) <= INLINE_PERSIST_ENTRIES_MAX
             and ready.snapshot is None
             and self._last_persist_s < INLINE_PERSIST_SLOW_S
+            and self._snapshotting is None
         )
         if inline:
             storage.save_ready(ready)
