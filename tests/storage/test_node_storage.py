@@ -416,6 +416,16 @@ def test_snapshot_policy_waits_for_as_much_log_as_the_last_snapshot() -> None:
     assert should(100, 5_000)
     assert not should(99, 9_999)  # enough log, but not enough entries
     assert should(20, 10_000)  # the byte ceiling wins over the ratio
+    # The entries written since the snapshot count, not the whole log file (its segments
+    # still hold entries older than the snapshot).
+    assert not policy.should_snapshot(
+        applied_index=100, snapshot_index=0, log_bytes=9_000, snapshot_bytes=5_000,
+        fresh_log_bytes=4_000,
+    )  # fmt: skip
+    ceiling = SnapshotPolicy(entries_max=100, entries_ceiling=1_000, log_bytes_max=10**9)
+    assert ceiling.should_snapshot(
+        applied_index=1_000, snapshot_index=0, log_bytes=10, snapshot_bytes=10**8
+    )
 
 
 def test_read_errors_do_not_fail_the_storage() -> None:

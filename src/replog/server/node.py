@@ -354,6 +354,7 @@ class Node:
         self._snapshot_index = 0
         self._snapshot_bytes = 0  # the size of the last snapshot (see SnapshotPolicy)
         self._last_persist_s = 0.0  # how long the last Ready took to make durable
+        self._fresh_log_bytes = 0  # entry bytes written since the last snapshot was started
         self._was_member = False
         self._leader_since = 0.0
 
@@ -1023,6 +1024,7 @@ class Node:
         else:
             await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
         self._last_persist_s = time.perf_counter() - started
+        self._fresh_log_bytes += sum(len(entry.data) for entry in ready.entries)
         self.metrics.fsync_seconds.observe(self._last_persist_s)
         if ready.entries:
             self.metrics.batch_entries.observe(len(ready.entries))
@@ -1158,6 +1160,7 @@ class Node:
             snapshot_index=self._snapshot_index,
             log_bytes=storage.log_bytes,
             snapshot_bytes=self._snapshot_bytes,
+            fresh_log_bytes=self._fresh_log_bytes,
         ):
             return
         if not raft.membership.voters:
@@ -1170,6 +1173,7 @@ class Node:
             encode = lambda: data  # noqa: E731
         members = tuple(self._registry.all())
         meta = raft.snapshot_meta(applied)
+        self._fresh_log_bytes = 0
         self._snapshotting = asyncio.create_task(
             self._write_snapshot(storage, meta, lambda: wrap_snapshot(members, encode()))
         )

@@ -141,31 +141,45 @@ def prune_snapshots(
 @dataclass(frozen=True, slots=True)
 class SnapshotPolicy:
     """When to snapshot: after ``entries_max`` applied entries since the last snapshot, once
-    the log also holds at least ``log_to_snapshot_ratio`` times the last snapshot's size; or
-    at once when the log holds ``log_bytes_max`` bytes. Never for fewer than ``entries_min``
-    new entries (the trailing window alone can exceed the byte limit; this stops thrashing).
+    the entries written since then also add up to ``log_to_snapshot_ratio`` times the last
+    snapshot's size; or at once when the log on disk holds ``log_bytes_max`` bytes, or after
+    ``entries_ceiling`` entries whatever their size (the log in memory stays bounded). Never for
+    fewer than ``entries_min`` new entries (the trailing window alone can exceed the byte
+    limit; this stops thrashing).
 
     The ratio keeps the cost of snapshots proportional to the writes: a large state is written
-    out again only after about as many bytes of log, so the disk holds at most about twice
-    the state (plus the kept window), and a small state is snapshotted every ``entries_max``."""
+    out again only after about as many bytes of new log, so the disk holds about twice the
+    state at most (plus the kept window), and a small state is snapshotted every
+    ``entries_max`` entries."""
 
     entries_max: int = 10_000
     log_bytes_max: int = 256 << 20
     entries_min: int = 64
     keep_entries: int = 1_000  # entries left in the log behind a snapshot, for slow followers
     log_to_snapshot_ratio: float = 1.0
+    entries_ceiling: int = 100_000
 
     def __post_init__(self) -> None:
         assert self.entries_max >= 1 and self.entries_min >= 1 and self.log_bytes_max >= 1
+        assert self.entries_ceiling >= 1
         assert self.keep_entries >= 0 and self.log_to_snapshot_ratio >= 0
 
     def should_snapshot(
-        self, *, applied_index: int, snapshot_index: int, log_bytes: int, snapshot_bytes: int = 0
+        self,
+        *,
+        applied_index: int,
+        snapshot_index: int,
+        log_bytes: int,
+        snapshot_bytes: int = 0,
+        fresh_log_bytes: int | None = None,
     ) -> bool:
+        """``log_bytes``: the log on disk; ``fresh_log_bytes``: the bytes of the entries written
+        since the last snapshot (``log_bytes`` when not known)."""
         fresh = applied_index - snapshot_index
         if fresh < self.entries_min:
             return False
-        if log_bytes >= self.log_bytes_max:
+        if log_bytes >= self.log_bytes_max or fresh >= max(self.entries_ceiling, self.entries_max):
             return True
-        enough_log = log_bytes >= snapshot_bytes * self.log_to_snapshot_ratio
+        fresh_bytes = log_bytes if fresh_log_bytes is None else fresh_log_bytes
+        enough_log = fresh_bytes >= snapshot_bytes * self.log_to_snapshot_ratio
         return fresh >= self.entries_max and enough_log
