@@ -97,6 +97,14 @@ def _split(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     "(the client promises it was not applied) or info (unknown; works around a client that "
     "breaks the promise when the node dies under a write).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["http", "rpc", "both"]),
+    default="both",
+    show_default=True,
+    help="The clients' protocol: HTTP (replog.Client), the binary protocol (replog.RpcClient, "
+    "one attempt per call) or both (every other client of each workload uses RPC).",
+)
 def torture(
     *,
     nodes: str,
@@ -108,6 +116,7 @@ def torture(
     out: str | None,
     output: str,
     unreachable_writes: str,
+    protocol: str,
 ) -> None:
     """Run a cluster of real processes under faults and check what the clients saw.
 
@@ -121,6 +130,7 @@ def torture(
       replog torture --duration 60
       replog torture --nodes 5 --duration 1800 --faults all --seed 7
       replog torture --workload bank --faults kill,partition --output json
+      replog torture --protocol rpc --faults kill --duration 120
     """
     workloads = _split(workload, WORKLOADS, "workload")
     kinds = _split(faults, FAULT_KINDS, "fault kind")
@@ -140,9 +150,12 @@ def torture(
         clients=clients,
         out=folder,
         unreachable_writes=unreachable_writes,
+        protocol=protocol,
     )
     click.echo(
-        f"torture: seed {seed}, {nodes} nodes, {duration_s:g}s, output in {folder}", err=True
+        f"torture: seed {seed}, {nodes} nodes, {duration_s:g}s, {protocol} clients, "
+        f"output in {folder}",
+        err=True,
     )
     report = run_torture(config)
     if output == "json":
@@ -172,6 +185,9 @@ def _print_table(report: TortureReport) -> None:
     for name, counts in report.ops.items():
         text = ", ".join(f"{k} {n}" for k, n in counts.items())
         rows.append((f"ops {name}", f"{text} -> {report.verdicts.get(name, '?')}"))
+        for protocol, by_kind in report.ops_by_protocol.get(name, {}).items():
+            text = ", ".join(f"{k} {n}" for k, n in by_kind.items())
+            rows.append((f"  over {protocol}", text))
     rows.extend(("note", note) for note in report.notes)
     for name, value in rows:
         click.echo(f"{name:<15} {value}")

@@ -1,14 +1,18 @@
 """Real-process fault runs (``replog torture``): real processes, sockets, disks and signals.
 
-Theory of operation. ``run_torture`` starts a cluster of ``replog serve`` processes on
-127.0.0.1 (``TortureCluster``, on ``ProcessCluster``) whose peer links all go through a
-userspace proxy (``PeerProxy``, one port per directed link, so partitions of any shape can be
-made without privileges), drives client threads of the chosen workloads
+Theory of operation. ``run_torture`` starts a cluster of ``replog serve`` processes on 127.0.0.1
+(``TortureCluster``, on ``ProcessCluster``) whose peer links all go through a userspace proxy
+(``PeerProxy``, one port per directed link, so partitions of any shape can be made without
+privileges), drives client threads of the chosen workloads
 (``replog.testing.torture_workloads``) while a ``Nemesis`` injects the seeded fault schedule
 (``replog.testing.torture_faults``), then heals everything, lets the cluster settle, reads the
-final state from every node and checks each workload's history. Everything of a run lands in one
-folder: ``<workload>.jsonl`` histories, ``faults.jsonl``, ``n<i>.log`` node logs and
-``report.json``. With ``clock`` faults (and libfaketime installed) every node runs under
+final state from every node and checks each workload's history. Clients speak HTTP
+(``replog.Client``), the binary protocol (``RpcTortureClient`` over ``replog.RpcClient``) or, by
+default, both: within each workload every other client uses RPC, alternating between workloads
+so that both protocols have pinned and roaming clients (``TortureConfig.protocol``; the report's
+``clients`` says who used which). The setup and the final reads use HTTP. Everything of a run
+lands in one folder: ``<workload>.jsonl`` histories, ``faults.jsonl``, ``n<i>.log`` node logs
+and ``report.json``. With ``clock`` faults (and libfaketime installed) every node runs under
 libfaketime with a per-node offset file, and lease reads are on.
 
 Time: the run's clock is ``time.monotonic()`` minus the start, shared by every thread of the
@@ -33,12 +37,15 @@ from replog.testing.processes import ProcessCluster, request
 from replog.testing.torture_faults import FAULT_KINDS, FaultStep, Nemesis, make_schedule
 from replog.testing.torture_proxy import LinkMode, PeerProxy
 from replog.testing.torture_workloads import (
+    PROTOCOLS,
     WORKLOADS,
     AppendWorkload,
     BankWorkload,
     ClientContext,
     FailoverClock,
     RegisterWorkload,
+    RpcTortureClient,
+    TortureClient,
     Workload,
 )
 
@@ -54,6 +61,11 @@ TIMING = (
     "--request-timeout-ms", "3000",
 )  # fmt: skip
 CLIENT_TIMEOUT_S = 2.0
+# An RPC call is one attempt: its timeout covers the node's own request timeout (3 s, TIMING),
+# so a node that is alive answers (ok, unavailable or unknown_outcome) before the client gives up.
+RPC_TIMEOUT_S = 4.0
+RPC_CONNECT_TIMEOUT_S = 1.0
+PROTOCOL_CHOICES = (*PROTOCOLS, "both")
 CLIENT_RETRY_S = 4.0
 CLIENT_PAUSE_S = 0.01
 SETTLE_TIMEOUT_S = 60.0
@@ -85,6 +97,8 @@ class TortureConfig:
     # in time) as unknown: a way around a client that breaks that promise when the node it
     # sent a write to dies (tests/torture/test_torture_known_bugs.py).
     unreachable_writes: str = "fail"
+    # "http", "rpc", or "both": alternate clients of every workload use the binary protocol.
+    protocol: str = "both"
 
     def __post_init__(self) -> None:
         if self.nodes not in (3, 5):
@@ -99,6 +113,14 @@ class TortureConfig:
             raise ValueError(f"faults must be among {FAULT_KINDS}: {self.faults}")
         if self.unreachable_writes not in ("fail", "info"):
             raise ValueError(f"unreachable_writes must be fail or info: {self.unreachable_writes}")
+        if self.protocol not in PROTOCOL_CHOICES:
+            raise ValueError(f"protocol must be one of {PROTOCOL_CHOICES}: {self.protocol}")
+
+    def client_protocol(self, workload_index: int, client_index: int) -> str:
+        """The protocol of one client: with "both", every other one, shifted per workload."""
+        if self.protocol != "both":
+            return self.protocol
+        return PROTOCOLS[(workload_index + client_index) % 2]
 
 
 @dataclass
@@ -108,6 +130,8 @@ class TortureReport:
     nodes: int
     duration_s: float
     ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    ops_by_protocol: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    clients: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     failover: dict[str, Any] = field(default_factory=dict)
     verdicts: dict[str, str] = field(default_factory=dict)
@@ -134,10 +158,14 @@ class TortureReport:
 class TortureCluster:
     """A ``ProcessCluster`` whose peer links run through a ``PeerProxy``, with a fake clock."""
 
-    def __init__(self, root: Path, size: int, *, faketime: str | None, lease: bool) -> None:
+    def __init__(
+        self, root: Path, size: int, *, faketime: str | None, lease: bool, rpc: bool = False
+    ) -> None:
         self.proxy = PeerProxy()
         extra = (*TIMING, "--lease-reads") if lease else TIMING
-        self.processes = ProcessCluster(root, size, extra_args=extra, peer_address=self._address)
+        self.processes = ProcessCluster(
+            root, size, extra_args=extra, peer_address=self._address, rpc=rpc
+        )
         self.names = list(self.processes.nodes)
         self.paused: set[str] = set()
         self.clock_offsets_s = dict.fromkeys(self.names, 0.0)
@@ -172,6 +200,11 @@ class TortureCluster:
 
     def endpoint(self, name: str) -> str:
         return self.processes.nodes[name].url
+
+    def rpc_endpoint(self, name: str) -> str:
+        address = self.processes.nodes[name].rpc_address
+        assert address is not None, "the cluster was made with rpc=True"
+        return address
 
     def start(self) -> None:
         self.processes.start(wait=False)
@@ -291,7 +324,13 @@ class _Run:
                 "clock faults skipped: libfaketime not found (apt-get install faketime)"
             )
         self.lease = faketime is not None
-        self.cluster = TortureCluster(config.out, config.nodes, faketime=faketime, lease=self.lease)
+        self.cluster = TortureCluster(
+            config.out,
+            config.nodes,
+            faketime=faketime,
+            lease=self.lease,
+            rpc=config.protocol != "http",
+        )
         self.workloads = [self._workload(name) for name in config.workloads]
         for workload in self.workloads:
             workload.unreachable_is_info = config.unreachable_writes == "info"
@@ -321,18 +360,37 @@ class _Run:
             for workload in self.workloads:
                 workload.setup(client)
 
+    def torture_client(self, protocol: str, pinned: str | None) -> TortureClient:
+        """A workload client: pinned to one node's endpoint, or roaming over all of them."""
+        names = [pinned] if pinned else self.cluster.names
+        if protocol == "rpc":
+            endpoints = [self.cluster.rpc_endpoint(n) for n in names]
+            return RpcTortureClient(
+                endpoints, timeout_s=RPC_TIMEOUT_S, connect_timeout_s=RPC_CONNECT_TIMEOUT_S
+            )
+        return self.client([self.cluster.endpoint(n) for n in names])
+
     def start_clients(self) -> None:
         names = self.cluster.names
-        all_endpoints = [self.cluster.endpoint(n) for n in names]
         process = 0
         for w_index, workload in enumerate(self.workloads):
             for c in range(self.config.clients):
                 # every client but the last of each workload is pinned to one node, in turn
                 roams = c == self.config.clients - 1 and self.config.clients > 1
                 pinned = None if roams else names[process % len(names)]
-                endpoints = [self.cluster.endpoint(pinned)] if pinned else all_endpoints
+                protocol = self.config.client_protocol(w_index, c)
+                workload.history.protocols[process] = protocol
+                self.report.clients.append(
+                    {
+                        "process": process,
+                        "workload": workload.name,
+                        "protocol": protocol,
+                        "pinned": pinned or "roaming",
+                    }
+                )
                 rng = random.Random(self.config.seed * 1000 + w_index * 100 + c)
-                ctx = ClientContext(process, self.client(endpoints), rng, pinned)
+                client = self.torture_client(protocol, pinned)
+                ctx = ClientContext(process, client, rng, pinned, protocol)
                 thread = threading.Thread(target=self._drive, args=(workload, ctx), daemon=True)
                 self.threads.append(thread)
                 process += 1
@@ -391,6 +449,9 @@ def run_torture(config: TortureConfig) -> TortureReport:
         report.problems[workload.name] = workload.check()
         report.verdicts[workload.name] = workload.verdict
         report.ops[workload.name] = dict(workload.history.counts)
+        report.ops_by_protocol[workload.name] = dict(
+            sorted(workload.history.counts_by_protocol.items())
+        )
     if run.client_errors:
         report.problems["harness"] = run.client_errors[:20]
     if run.cluster.exits:

@@ -1,13 +1,18 @@
 """The client workloads of ``replog torture``: registers, bank transfers, list appends.
 
 Theory of operation. Each workload is driven by client threads of the harness process, each with
-its own blocking ``replog.Client``; some clients are pinned to one node's endpoint (so a paused
-or partitioned node keeps being asked), the others roam. Every operation is recorded twice in
-the workload's history (JSON lines, ``Recorder``): its invoke before the request and its
-completion after, under one lock and stamped by one monotonic clock, so line order is real-time
-order across threads. Outcomes follow the client's contract: an answer is ``ok`` (or ``fail``
-when a compare did not hold), ``Unavailable`` on a write is ``fail`` (certainly not applied),
-``UnknownOutcome`` and every other error are ``info`` (may or may not have happened).
+its own blocking client: the HTTP ``replog.Client``, or ``RpcTortureClient``, a blocking facade
+over the binary protocol's ``replog.RpcClient`` (its own event loop in its thread, one
+``run_until_complete`` per call, one attempt per call: the RPC client's own classification of
+every outcome goes straight into the history). Some clients are pinned to one node's endpoint
+(so a paused or partitioned node keeps being asked), the others roam. Every event of a client
+carries its ``protocol`` (``http`` or ``rpc``), a field the checkers ignore. Every operation is
+recorded twice in the workload's history (JSON lines, ``Recorder``): its invoke before the
+request and its completion after, under one lock and stamped by one monotonic clock, so line
+order is real-time order across threads. Outcomes follow the client's contract: an answer is
+``ok`` (or ``fail`` when a compare did not hold), ``Unavailable`` on a write is ``fail``
+(certainly not applied), ``UnknownOutcome`` and every other error are ``info`` (may or may not
+have happened).
 
 - register: read / write / cas of small integers on a few keys (the key set changes every
   ``REGISTER_EPOCH_S`` so that no key's history grows without bound), checked by the
@@ -25,25 +30,34 @@ acknowledged in a later term than a killed leader's ends that failover.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import statistics
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
+from replog import statemachines as sm
 from replog.client import (
     Client,
     Compare,
+    DeleteOp,
+    GetOp,
     Header,
+    KeyValue,
+    PutOp,
+    PutResponse,
     ReplogClientError,
+    RpcClient,
     TxnResponse,
     Unavailable,
     get_op,
     put_op,
 )
+from replog.client import types as ct
 from replog.testing.linearizability import check_history
 from replog.testing.torture_checks import (
     FINAL_PREFIX,
@@ -63,6 +77,154 @@ FAILOVERS_MAX = 10_000
 CHECK_TIME_BUDGET_S = 120.0
 ERROR_CHARS_MAX = 300
 WORKLOADS = ("register", "bank", "append")
+PROTOCOLS = ("http", "rpc")
+T = TypeVar("T")
+
+
+class TortureClient(Protocol):
+    """What the workloads call on a client: the HTTP ``Client``'s methods and answers."""
+
+    def get(
+        self, key: bytes | str, *, consistency: str = ..., min_revision: int | None = ...
+    ) -> KeyValue | None: ...
+
+    def put(self, key: bytes | str, value: bytes | str) -> PutResponse: ...
+
+    def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[PutOp | DeleteOp | GetOp],
+        failure: Sequence[PutOp | DeleteOp | GetOp] = (),
+    ) -> TxnResponse: ...
+
+    def close(self) -> None: ...
+
+
+class RpcTortureClient:
+    """A blocking facade over one ``RpcClient`` for one thread, answering like ``Client``.
+
+    It owns a private event loop (``run_until_complete`` per call) and one ``RpcClient``, which
+    connects on the first call. Every call is one attempt, without retries: its outcome is the
+    RPC client's own classification (``Unavailable``: certainly not applied; ``UnknownOutcome``:
+    may have applied; a node's ``Failure``: the error class of its code). Answers are the HTTP
+    client's types (``KeyValue``, ``PutResponse``, ``TxnResponse``), with the header of the
+    answer and the id of the node this client is connected to. A transaction is sent as the
+    KV store's ``Txn`` (compares, then puts, deletes and gets), as ``Client.txn`` does over HTTP.
+    """
+
+    protocol = "rpc"
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout_s: float,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = RpcClient(
+            endpoints, timeout_s=timeout_s, connect_timeout_s=min(connect_timeout_s, timeout_s)
+        )
+        self._closed = False
+
+    def _call(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(call)
+
+    def _header(self) -> Header:
+        header = self._client.header
+        assert header is not None, "an answer was received"
+        return Header(
+            node_id=self._client.node_id,
+            leader_id=header.leader_id,
+            term=header.term,
+            commit_index=header.commit_index,
+            applied_index=header.applied_index,
+            revision=header.revision,
+        )
+
+    def get(
+        self,
+        key: bytes | str,
+        *,
+        consistency: str = "linearizable",
+        min_revision: int | None = None,
+    ) -> KeyValue | None:
+        call = self._client.get(key, consistency=consistency, min_revision=min_revision or 0)
+        return _kv(self._call(call))
+
+    def put(self, key: bytes | str, value: bytes | str) -> PutResponse:
+        result = self._call(self._client.put(key, value))
+        kv = _kv(result.kv)
+        assert kv is not None
+        return PutResponse(header=self._header(), kv=kv, prev_kv=_kv(result.prev_kv))
+
+    def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[PutOp | DeleteOp | GetOp],
+        failure: Sequence[PutOp | DeleteOp | GetOp] = (),
+    ) -> TxnResponse:
+        txn = sm.Txn(
+            compare=tuple(_compare(c) for c in compare),
+            success=tuple(_op(op) for op in success),
+            failure=tuple(_op(op) for op in failure),
+        )
+        result = self._call(self._client.txn(txn))
+        return TxnResponse(
+            header=self._header(),
+            succeeded=result.succeeded,
+            revision=result.revision,
+            responses=tuple(_op_result(r) for r in result.responses),
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._client.close())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> RpcTortureClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _kv(kv: sm.KeyValue | None) -> KeyValue | None:
+    if kv is None:
+        return None
+    return KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version)
+
+
+def _compare(compare: Compare) -> sm.Compare:
+    value = compare.value
+    if isinstance(value, str):
+        value = value.encode()
+    return sm.Compare(ct.to_bytes(compare.key), compare.target, compare.op, value)
+
+
+def _op(op: PutOp | DeleteOp | GetOp) -> sm.Put | sm.Delete | sm.Get:
+    key = ct.to_bytes(op.key)
+    if isinstance(op, PutOp):
+        return sm.Put(key, ct.to_bytes(op.value, "value"))
+    if isinstance(op, DeleteOp):
+        return sm.Delete(key)
+    return sm.Get(key)
+
+
+def _op_result(
+    result: sm.PutResult | sm.DeleteResult | sm.GetResult,
+) -> ct.PutResult | ct.DeleteResult | ct.GetResult:
+    if isinstance(result, sm.PutResult):
+        kv = _kv(result.kv)
+        assert kv is not None
+        return ct.PutResult(kv, _kv(result.prev_kv))
+    if isinstance(result, sm.DeleteResult):
+        return ct.DeleteResult(result.deleted, _kv(result.prev_kv))
+    return ct.GetResult(_kv(result.kv))
 
 
 class Recorder:
@@ -74,6 +236,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._file: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
         self.counts: dict[str, int] = {"ok": 0, "fail": 0, "info": 0}
+        self.protocols: dict[int | str, str] = {}  # process -> "http" or "rpc" (when known)
+        self.counts_by_protocol: dict[str, dict[str, int]] = {}
 
     def event(
         self,
@@ -93,11 +257,19 @@ class Recorder:
             event["value"] = value
         if error is not None:
             event["error"] = str(error)[:ERROR_CHARS_MAX]
+        protocol = self.protocols.get(process)
+        if protocol is not None:
+            event["protocol"] = protocol
         with self._lock:
             event["time"] = round(self._clock() * 1e9)
             self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
             if kind != "invoke":
                 self.counts[kind] += 1
+                if protocol is not None:
+                    counts = self.counts_by_protocol.setdefault(
+                        protocol, {"ok": 0, "fail": 0, "info": 0}
+                    )
+                    counts[kind] += 1
 
     def close(self) -> None:
         with self._lock:
@@ -143,12 +315,13 @@ class FailoverClock:
 
 @dataclass
 class ClientContext:
-    """One client thread: its process id, client, random source and pinning."""
+    """One client thread: its process id, client, random source, pinning and protocol."""
 
     process: int
-    client: Client
+    client: TortureClient
     rng: random.Random
     pinned: str | None
+    protocol: str = "http"
 
 
 class Workload:
@@ -266,7 +439,7 @@ class BankWorkload(Workload):
         else:
             self._transfer(ctx)
 
-    def _read(self, process: int | str, client: Client, **stale: Any) -> None:
+    def _read(self, process: int | str, client: TortureClient, **stale: Any) -> None:
         self.history.event(process, "invoke", "read", "bank")
         try:
             if stale:
@@ -360,7 +533,7 @@ class AppendWorkload(Workload):
             self._acked(header)
 
     def _append(
-        self, client: Client, key: str, value: str
+        self, client: TortureClient, key: str, value: str
     ) -> tuple[str, Header | None, str | None]:
         for _ in range(APPEND_ATTEMPTS_MAX):
             try:
@@ -382,7 +555,7 @@ class AppendWorkload(Workload):
                 return "ok", answer.header, None
         return "fail", None, f"{APPEND_ATTEMPTS_MAX} compares failed"
 
-    def _read(self, process: int | str, client: Client, key: str, **options: Any) -> None:
+    def _read(self, process: int | str, client: TortureClient, key: str, **options: Any) -> None:
         self.history.event(process, "invoke", "read", key)
         try:
             kv = client.get(key, **options)
