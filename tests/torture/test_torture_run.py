@@ -22,6 +22,8 @@ def assert_clean(report: TortureReport) -> None:
 
 
 def test_bounded_run_with_kills_pauses_and_partitions(tmp_path: Path) -> None:
+    """Both protocols (the default): HTTP and RPC clients, pinned and roaming, on every
+    workload, through pauses and kills of the leader (seed 11 kills the leader at 19.7 s)."""
     config = TortureConfig(
         nodes=3,
         duration_s=35.0,
@@ -30,11 +32,19 @@ def test_bounded_run_with_kills_pauses_and_partitions(tmp_path: Path) -> None:
         clients=4,
         out=tmp_path / "run",
     )
+    assert config.protocol == "both"
     report = run_torture(config)
     assert_clean(report)
     assert sum(report.faults.values()) >= 5, report.faults
+    assert report.faults.get("kill-leader", 0) >= 1, report.faults
     for workload in ("register", "bank", "append"):
         assert report.ops[workload]["ok"] > 50, report.ops
+        for protocol in ("http", "rpc"):
+            assert report.ops_by_protocol[workload][protocol]["ok"] > 20, report.ops_by_protocol
+    kinds = {(c["protocol"], c["pinned"] == "roaming") for c in report.clients}
+    assert kinds == {("http", False), ("http", True), ("rpc", False), ("rpc", True)}, kinds
+    first = json.loads((tmp_path / "run" / "register.jsonl").read_text().splitlines()[0])
+    assert first["protocol"] in ("http", "rpc")
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["clean"] is True and saved["operations"] == report.operations
     for name in ("register.jsonl", "bank.jsonl", "append.jsonl", "faults.jsonl", "n1.log"):
@@ -48,6 +58,8 @@ def test_cli_usage_errors_exit_2() -> None:
     result = runner.invoke(main, ["torture", "--workload", "ledger"])
     assert result.exit_code == 2 and "unknown workload ledger" in result.output
     result = runner.invoke(main, ["torture", "--nodes", "4"])
+    assert result.exit_code == 2
+    result = runner.invoke(main, ["torture", "--protocol", "grpc"])
     assert result.exit_code == 2
 
 
@@ -79,13 +91,17 @@ def test_write_outcomes_follow_the_client_contract(tmp_path: Path) -> None:
 def test_cli_short_run_without_faults(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     args = ["torture", "--duration", "3", "--faults", "none", "--workload", "register,append",
-            "--clients", "2", "--seed", "4", "--out", str(out), "--output", "json"]  # fmt: skip
+            "--clients", "2", "--seed", "4", "--out", str(out), "--output", "json",
+            "--protocol", "rpc"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["clean"] is True and report["faults"] == {} and report["seed"] == 4
     assert set(report["ops"]) == {"register", "append"}
     assert report["verdicts"] == {"register": "linearizable", "append": "ok"}
+    assert {client["protocol"] for client in report["clients"]} == {"rpc"}
+    assert set(report["ops_by_protocol"]["register"]) == {"rpc"}
+    assert report["ops_by_protocol"]["register"]["rpc"]["ok"] > 0
 
 
 def test_cli_exits_1_and_names_the_folder_on_a_violation(
