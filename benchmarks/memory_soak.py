@@ -49,7 +49,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -200,6 +200,7 @@ class Run:
     settings: Settings
     cluster: ProcessCluster
     out: TextIO
+    source: dict[str, Any] = field(default_factory=dict)  # what the nodes were started from
     samples: list[dict[str, Any]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     issued: int = 0
@@ -308,6 +309,7 @@ class Run:
                 "settle_s": self.settings.settle_s,
                 "node_args": list(self.settings.node_args),
             },
+            "source": self.source,
             "machine": machine(),
             "interrupted": interrupted,
             "writes_done": self.done,
@@ -387,7 +389,6 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        **source_tree(),
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "memory_bytes": mem_total,
@@ -514,6 +515,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when installed (less of the client's CPU on a small machine)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     node_args: list[str] = []
@@ -536,14 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="replog-memory-"))
     cluster = ProcessCluster(root, size=NODES, extra_args=tuple(node_args), rpc=True)
     out = sys.stderr if args.output == "json" else sys.stdout
-    run = Run(settings, cluster, out)
+    run = Run(settings, cluster, out, source=source_tree())
     signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
     try:
         cluster.start(wait=False)
         leader = cluster.wait_for_leader(START_TIMEOUT_S)
         print(f"cluster in {root}, leader {leader}", file=out, flush=True)
-        asyncio.run(run.run())  # asyncio's loop: RpcClient does not accept uvloop's transports
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run.run())
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: stopping the nodes", file=sys.stderr, flush=True)
