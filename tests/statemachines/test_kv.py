@@ -629,3 +629,15 @@ def test_snapshot_of_a_txn_that_puts_deletes_and_puts_a_key_again() -> None:
 def test_the_store_is_a_state_machine() -> None:
     machine: StateMachine = KVStore()
     assert isinstance(machine.apply(b""), ErrorResult)
+
+
+def test_history_dropped_by_its_byte_budget_is_freed_soon() -> None:
+    # Large values: the byte budget drops events long before the event count would. The
+    # dropped events must not stay referenced until 100,000 of them have piled up.
+    limits = KVLimits(value_bytes_max=16_384, history_bytes_max=65_536)
+    kv = KVStore(limits=limits)
+    for i in range(2_000):
+        kv.apply(encode_request(Request(Put(b"big", bytes([i % 256]) * 16_000))))
+    live = len(kv._history) - kv._history_start  # white box: what the list still holds
+    assert live <= 5
+    assert len(kv._history) <= 2 * live + 64

@@ -131,6 +131,7 @@ class KVStore:
         self._history: list[Event] = []  # live events are _history[_history_start:]
         self._history_start = 0
         self._history_bytes = 0
+        self._dropped_bytes = 0  # held by _history[:_history_start], not yet freed
         self._compact_revision = 1
 
     # --- properties ---------------------------------------------------------------------
@@ -213,6 +214,7 @@ class KVStore:
         self._idempotency_bytes = sum(entry_cost_bytes(e) for e in image.idempotency)
         self._history = list(image.history)
         self._history_start = 0
+        self._dropped_bytes = 0
         self._history_bytes = sum(event_cost_bytes(e) for e in image.history)
 
     # --- reads --------------------------------------------------------------------------
@@ -362,9 +364,16 @@ class KVStore:
             or self._history_bytes > limits.history_bytes_max
         ) and self._history[self._history_start].kv.mod_revision < self._revision:
             self._drop_oldest_revision()
-        if self._history_start > limits.history_events_max:
-            del self._history[: self._history_start]  # amortized O(1) per event
+        dropped = self._history_start
+        if dropped and (
+            dropped >= len(self._history) - dropped
+            or self._dropped_bytes >= limits.history_bytes_max // 4
+        ):
+            # Free the dropped events once they are as many as the live ones (amortized O(1)
+            # per event), or as soon as they hold a quarter of the byte budget (large values).
+            del self._history[:dropped]
             self._history_start = 0
+            self._dropped_bytes = 0
 
     def _drop_oldest_revision(self) -> None:
         """Drop every event of the oldest revision in the history (a revision is held whole
@@ -374,7 +383,9 @@ class KVStore:
             self._history_start < len(self._history)
             and self._history[self._history_start].kv.mod_revision == revision
         ):
-            self._history_bytes -= event_cost_bytes(self._history[self._history_start])
+            cost = event_cost_bytes(self._history[self._history_start])
+            self._history_bytes -= cost
+            self._dropped_bytes += cost
             self._history_start += 1
         self._compact_revision = revision + 1
 
