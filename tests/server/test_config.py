@@ -408,3 +408,15 @@ def test_checking_the_data_dir_does_not_take_its_lock(tmp_path: Path) -> None:
         assert load_config({"name": "n1", "data_dir": str(tmp_path / "d")}, {}, None)
     finally:
         storage.close()
+
+
+def test_the_binary_protocol_listener_and_the_event_loop() -> None:
+    config = load_config({"name": "n1"}, {}, None)
+    assert config.listen_rpc is None and config.event_loop == "auto"
+    flags = {"name": "n1", "listen_rpc": "tcp://127.0.0.1:14500"}
+    config = load_config(flags, {"REPLOG_EVENT_LOOP": "asyncio"}, None)
+    assert config.listen_rpc == Address("127.0.0.1", 14500) and config.event_loop == "asyncio"
+    clash = only_problem({"name": "n1", "listen_rpc": "0.0.0.0:14400"})
+    assert "listen_peer" in clash and "listen_rpc" in clash and "same address" in clash
+    assert "unknown event loop 'trio'" in only_problem({"name": "n1", "event_loop": "trio"})
+    assert "scheme 'http'" in only_problem({"name": "n1", "listen_rpc": "http://127.0.0.1:1"})
