@@ -316,6 +316,7 @@ class Node:
         self.machine = machine
         self.options = options or NodeOptions()
         self.metrics = metrics or Metrics()
+        self._gauges_read_the_core()
         self.client_url = client_url
         self.join = join
         self.auto_promote = auto_promote
@@ -353,6 +354,7 @@ class Node:
         self._leader_seen = NO_NODE
         self._snapshot_index = 0
         self._snapshot_bytes = 0  # the size of the last snapshot (see SnapshotPolicy)
+        self._snapshot_policy = self.options.snapshot_policy()
         self._last_persist_s = 0.0  # how long the last Ready took to make durable
         self._fresh_log_bytes = 0  # entry bytes written since the last snapshot was started
         self._was_member = False
@@ -464,7 +466,6 @@ class Node:
         proposal = _Proposal(request_id, request_id + command, loop.create_future())
         self._waiting.proposals.append(proposal)
         self._wake.set()
-        self.metrics.proposals_pending.inc()
         # A timer per request, not asyncio.timeout: it costs a fraction (profiled).
         expiry = loop.call_later(self._timeout(timeout_s), self._expire_proposal, proposal)
         proposal.future.add_done_callback(lambda _: self._proposal_done(proposal, expiry))
@@ -472,7 +473,6 @@ class Node:
 
     def _proposal_done(self, proposal: _Proposal, expiry: asyncio.TimerHandle) -> None:
         expiry.cancel()
-        self.metrics.proposals_pending.dec()
         self._waiting.by_request.pop(proposal.request_id, None)
 
     def _expire_proposal(self, proposal: _Proposal) -> None:
@@ -1130,6 +1130,23 @@ class Node:
                 self._completions.result(future, index)
         waiting.reads_by_index = kept
 
+    def _gauges_read_the_core(self) -> None:
+        """The gauges of the core's state are read when scraped, not set on every Ready."""
+
+        def of_core(read: Callable[[RaftNode], float]) -> Callable[[], float]:
+            return lambda: 0.0 if self._raft is None else read(self._raft)
+
+        metrics = self.metrics
+        metrics.has_leader.set_function(of_core(lambda r: float(r.leader_id != NO_NODE)))
+        metrics.is_leader.set_function(of_core(lambda r: float(r.role is Role.LEADER)))
+        metrics.term.set_function(of_core(lambda r: r.term))
+        metrics.proposals_committed.set_function(of_core(lambda r: r.commit_index))
+        metrics.proposals_applied.set_function(of_core(lambda r: r.applied_index))
+        metrics.apply_lag.set_function(of_core(lambda r: r.commit_index - r.applied_index))
+        metrics.proposals_pending.set_function(
+            lambda: len(self._waiting.proposals) + len(self._waiting.by_request)
+        )
+
     def _observe(self, raft: RaftNode, ready: Ready) -> None:
         metrics = self.metrics
         leader = ready.soft_state.leader_id
@@ -1140,12 +1157,6 @@ class Node:
                 metrics.leader_changes.inc()
                 log.info("node %s: leader is %s (term %d)", self.name, self.leader, raft.term)
             self._leader_seen = leader
-        metrics.has_leader.set(1 if leader != NO_NODE else 0)
-        metrics.is_leader.set(1 if raft.role is Role.LEADER else 0)
-        metrics.term.set(raft.term)
-        metrics.proposals_committed.set(raft.commit_index)
-        metrics.proposals_applied.set(raft.applied_index)
-        metrics.apply_lag.set(raft.commit_index - raft.applied_index)
 
     def _maybe_start_snapshot(self, raft: RaftNode) -> None:
         """Start a snapshot in the background when the policy asks for one. The machine's
@@ -1153,7 +1164,7 @@ class Node:
         driver, which goes on replicating (a large state must not stall heartbeats)."""
         storage = self._storage
         assert storage is not None
-        policy = self.options.snapshot_policy()
+        policy = self._snapshot_policy
         applied = raft.applied_index
         if self._snapshotting is not None or not policy.should_snapshot(
             applied_index=applied,
@@ -1184,7 +1195,7 @@ class Node:
         loop = asyncio.get_running_loop()
         try:
             snapshot = Snapshot(meta, await loop.run_in_executor(self._encoder, encode))
-            keep = self.options.snapshot_policy().keep_entries
+            keep = self._snapshot_policy.keep_entries
             await loop.run_in_executor(self._io, storage.save_snapshot, snapshot, keep)
             return snapshot
         finally:
@@ -1197,7 +1208,7 @@ class Node:
         self._snapshotting = None
         snapshot = task.result()  # a storage failure stops the node, as a failed save does
         if snapshot.meta.index > self._snapshot_index:  # not overtaken by an installed one
-            raft.compact(snapshot, self.options.snapshot_policy().keep_entries)
+            raft.compact(snapshot, self._snapshot_policy.keep_entries)
             self._snapshot_index = snapshot.meta.index
             self._snapshot_bytes = len(snapshot.data)
         self.metrics.snapshots.inc()
