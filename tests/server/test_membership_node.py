@@ -332,7 +332,7 @@ async def test_a_node_offline_through_compactions_catches_up_by_snapshot(tmp_pat
         # transport holds while the follower is away): the rest can only come by snapshot.
         for i in range(400):
             await leader.propose(b"%d" % i)
-        assert leader.status().snapshot_index >= 350  # compacted many times over
+        assert leader.status().snapshot_index >= 300  # compacted many times over
         back = await c.start(offline)
         await eventually(lambda: len(items(back)) == 400, f"{offline} to catch up")
         assert items(back) == [b"%d" % i for i in range(400)]
