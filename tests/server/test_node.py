@@ -11,26 +11,10 @@ import pytest
 
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server.node import Node, NodeOptions, NodeStopped
+from replog.testing.machines import Register
 from replog.testing.processes import free_ports
 
 FAST = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, request_timeout_ms=3000)
-
-
-class Register:
-    """A tiny deterministic state machine: appends commands, returns the count."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-
-    def apply(self, command: bytes) -> object:
-        self.items.append(command)
-        return len(self.items)
-
-    def snapshot(self) -> bytes:
-        return b"\n".join(self.items)
-
-    def restore(self, data: bytes) -> None:
-        self.items = data.split(b"\n") if data else []
 
 
 def make_nodes(tmp: Path, count: int, options: NodeOptions = FAST) -> list[Node]:

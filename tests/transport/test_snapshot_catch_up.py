@@ -10,6 +10,7 @@ import pytest
 
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server.node import Node, NodeOptions
+from replog.testing.machines import Register
 from replog.testing.processes import free_ports
 from replog.transport import PeerStats, PeerTransport
 
@@ -22,23 +23,6 @@ OPTIONS = NodeOptions(  # timeouts generous enough for a busy machine: one term,
     snapshot_keep_entries=10,
 )
 CHUNK_BYTES = 16 << 10
-
-
-class Register:
-    """Appends commands; its snapshot is every command, newline-separated."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-
-    def apply(self, command: bytes) -> object:
-        self.items.append(command)
-        return len(self.items)
-
-    def snapshot(self) -> bytes:
-        return b"\n".join(self.items)
-
-    def restore(self, data: bytes) -> None:
-        self.items = data.split(b"\n") if data else []
 
 
 def command(i: int) -> bytes:

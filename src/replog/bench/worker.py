@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 
 from replog.bench.histogram import Histogram
-from replog.bench.targets import Target, adapter
+from replog.bench.targets import ERROR_CODE_MAX_CHARS, Target, adapter
 from replog.bench.workloads import Op, OpSource, Workload
 from replog.client.errors import ReplogClientError
 from replog.client.rpc import RpcClient
@@ -49,7 +49,6 @@ from replog.protocol import LINEARIZABLE, STALE
 __all__ = ["Job", "main", "rpc_error_kind", "run_job"]
 
 ERROR_KINDS_MAX = 64
-ERROR_CODE_MAX_CHARS = 40
 BACKOFF_AFTER_FAILURE_S = 0.01
 
 
