@@ -63,6 +63,7 @@ def committed_cluster(*data: bytes, **config: object) -> tuple[Cluster, RaftNode
     for item in data:
         leader.propose(item)
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
     return c, leader
 
 
@@ -324,6 +325,7 @@ def test_5_3_leader_appends_and_replicates_a_command() -> None:
 
     index = leader.propose(b"x")
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
 
     assert index == 2  # after the leader's no-op
     assert leader.entry(2) == Entry(2, 1, EntryKind.NORMAL, b"x")
@@ -478,12 +480,23 @@ def test_5_3_commit_index_propagates_to_followers() -> None:
     assert leader.commit_index == 2
     assert [c.nodes[i].commit_index for i in (2, 3)] == [1, 1]  # not told yet
 
-    c.deliver()  # the leader's next AppendEntries carries its commit index
+    c.deliver()
+    assert [c.nodes[i].commit_index for i in (2, 3)] == [1, 1]  # no message for that alone
 
     # 5.3: the leader includes its commit index in future AppendEntries, and once a follower
-    # learns an entry is committed it applies it.
-    assert [c.nodes[i].commit_index for i in (2, 3)] == [2, 2]
-    assert c.data(2) == c.data(3) == [b"x"]
+    # learns an entry is committed it applies it. The next append carries it...
+    leader.propose(b"y")
+    [append] = c.take(is_msg(AppendEntries, sender=1, receiver=2))
+    assert (append.leader_commit, [e.data for e in append.entries]) == (2, [b"y"])
+    c.send(append)
+    c.deliver()
+    assert c.nodes[2].commit_index == 2
+    assert c.data(2) == [b"x"]
+
+    # ...and an idle leader sends it within a tick: every follower ends up applying everything.
+    c.tick()
+    assert [c.nodes[i].commit_index for i in (2, 3)] == [3, 3]
+    assert c.data(2) == c.data(3) == [b"x", b"y"]
 
 
 def test_5_3_follower_commits_only_entries_known_to_match_the_leader() -> None:
@@ -679,6 +692,7 @@ def test_7_snapshot_installed_on_lagging_follower_after_compaction() -> None:
     assert c.applied[3][0] == Entry(applied, 1, EntryKind.NOOP)  # the harness's restore marker
     leader.propose(b"after")
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
     assert c.data(3)[-1] == b"after"
     assert c.log_terms(3) == c.log_terms(1)
 
@@ -715,6 +729,7 @@ def test_8_leader_appends_a_noop_on_election() -> None:
     c = Cluster([1, 2, 3], states={i: persisted(1, 1, 1) for i in (1, 2, 3)}, **CLASSIC)
 
     leader = c.elect(1)
+    c.tick()  # followers learn the commit index from the leader's next message
 
     # 8: a new leader commits a blank entry of its own term at the start of its term, which
     # tells it (and through it, the followers) which entries are committed.
@@ -984,8 +999,8 @@ def test_thesis_6_4_1_a_read_may_decline_the_lease() -> None:
 
 
 def test_thesis_6_4_1_lease_expires_before_followers_may_vote_again() -> None:
-    c, leader = committed_cluster(b"a", lease_reads=True)
-    c.tick(1)  # the last heartbeat round anyone acknowledges is sent at tick 1
+    c, leader = committed_cluster(b"a", lease_reads=True)  # ends with a tick:
+    # the last heartbeat round anyone acknowledges is sent at tick 1
     c.partition([1], [2, 3])
     served_at = []
     for tick in range(1, 2 * ELECTION_TICKS):
@@ -1048,6 +1063,7 @@ def test_thesis_3_10_transfer_to_an_up_to_date_follower() -> None:
     assert of_kind(c.sent, TimeoutNow) == [TimeoutNow(1, 1, 2)]
     new.propose(b"b")
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
     assert c.data(1) == [b"a", b"b"]
 
 
@@ -1114,6 +1130,7 @@ def test_proposal_forwarded_from_a_follower() -> None:
 
     assert c.nodes[3].propose(b"via 3") is None
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
 
     assert [(m.sender, m.receiver, m.data) for m in of_kind(c.sent, ForwardProposal)] == [
         (3, 1, (b"via 3",))
@@ -1292,6 +1309,7 @@ def test_restart_from_a_snapshot() -> None:
     assert restarted.applied_index == 3
     leader.propose(b"c")
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
     assert c.data(2) == [b"c"]
 
 

@@ -59,6 +59,7 @@ def test_figure_7_every_follower_log_converges_to_the_leaders() -> None:
     c = figure_7_cluster()
 
     leader = c.elect(LEADER)
+    c.tick()  # followers learn the commit index from the leader's next message
 
     # The leader wins term 8 with the votes of a, b, e and f (c and d hold logs more up to
     # date than its own and refuse), appends its no-op, and repairs every follower: missing
@@ -361,6 +362,7 @@ def test_lossless_network_carries_each_entry_once() -> None:
 
     index = leader.propose(b"x")
     c.tick(1)  # the tick's heartbeat leaves before the append
+    c.tick(1)  # followers learn the commit index from the leader's next message
 
     copies = Counter(
         m.receiver
@@ -387,6 +389,7 @@ def test_late_duplicate_snapshot_changes_nothing() -> None:
     assert c.applied[3][0].index == snapshot.meta.index  # node 3 restored the snapshot
     leader.propose(b"after")
     c.deliver()
+    c.tick()  # followers learn the commit index from the leader's next message
     follower = c.nodes[3]
     own = Snapshot(SnapshotMeta(follower.applied_index, 1, c.membership), b"newer")
     follower.compact(own)  # node 3 has since taken a newer snapshot of its own

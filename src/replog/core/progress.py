@@ -62,6 +62,7 @@ class Inflights:
 
 class Progress:
     __slots__ = (
+        "commit_sent",
         "heartbeat_mark",
         "heartbeat_seq",
         "inflights",
@@ -77,6 +78,7 @@ class Progress:
     def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match_index = 0
         self.next_index = next_index
+        self.commit_sent = 0  # the highest commit index an append or heartbeat carried
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot_index = 0

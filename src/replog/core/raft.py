@@ -293,6 +293,25 @@ class RaftNode:
         if self._heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat(self._next_read_seq())
+        self._announce_commit()
+
+    def _announce_commit(self) -> None:
+        """Send the commit index to the followers that have not been told it. A new commit
+        index is not broadcast at once: followers learn it from the next AppendEntries (Raft
+        5.3), so under load it rides on the appends that go out anyway, and an idle leader
+        sends it here within a tick. That halves the messages of a sequential writer."""
+        for member in self.progress:
+            self._announce_commit_to(member)
+
+    def _announce_commit_to(self, member: NodeId) -> None:
+        pr = self.progress.get(member)
+        if (
+            member != self.node_id
+            and pr is not None
+            and pr.state is ProgressState.REPLICATE
+            and pr.commit_sent < self.log.commit_index
+        ):
+            self._send_append(member, send_if_empty=True)
 
     def _quorum_recently_active(self) -> bool:
         active = frozenset(member for member, pr in self.progress.items() if pr.recent_active) | {
@@ -528,9 +547,8 @@ class RaftNode:
             return
         if not pr.on_append_success(m.match_index):
             return
-        if self._maybe_commit():
-            self._broadcast_pending = True
-        else:
+        self._maybe_commit()  # followers learn it with the next append (see _announce_commit)
+        if self.role is Role.LEADER:  # (a leader whose removal committed stepped down)
             self._send_append(m.sender)
         if m.sender == self._transferee and pr.match_index == self.log.last_index():
             self._send(TimeoutNow(self.term, self.node_id, m.sender))
@@ -592,6 +610,7 @@ class RaftNode:
                     self.log.commit_index,
                 )
             )
+            pr.commit_sent = self.log.commit_index
             pr.sent_entries(prev_index + len(entries), len(entries))
             if not entries or pr.state is not ProgressState.REPLICATE:
                 return
@@ -616,6 +635,7 @@ class RaftNode:
             pr = self.progress[member]
             pr.on_heartbeat_sent(read_seq)
             commit = min(pr.match_index, self.log.commit_index)
+            pr.commit_sent = max(pr.commit_sent, commit)
             self._send(Heartbeat(self.term, self.node_id, member, commit, read_seq))
 
     # ---- client requests ---------------------------------------------------------------------
@@ -679,6 +699,7 @@ class RaftNode:
         if read.requester == self.node_id:
             self._read_states.append(ReadState(read.context, read.index))
         else:
+            self._announce_commit_to(read.requester)  # so it can apply up to the read index
             self._send(
                 ReadIndexResponse(self.term, self.node_id, read.requester, read.context, read.index)
             )
@@ -906,8 +927,8 @@ class RaftNode:
             self.log.applied_index = ready.committed_entries[-1].index
         if self.role is Role.LEADER:
             own = self.progress[self.node_id]
-            if own.maybe_update(self.log.stable_index) and self._maybe_commit():
-                self._broadcast_pending = True
+            if own.maybe_update(self.log.stable_index):
+                self._maybe_commit()
 
 
 def _check_change(current: Configuration, new: Configuration) -> None:
