@@ -996,16 +996,20 @@ class Node:
         assert storage is not None and transport is not None
         self._learn_entries(ready.entries)  # new members' addresses, before anything is sent
         self._sync_peers(raft)
-        applied_early = _stored_before(ready)
-        if applied_early:  # their callers need not wait for this Ready's sends and fsync
-            self._apply(ready)
         for message in ready.messages_before_persist():
             transport.send(message)  # our fsync overlaps the followers' (a refusal is counted)
         if ready.entries:
             transport.flush()  # new entries leave now; a commit index can wait for the writers
+        answers = ready.messages_after_persist()
+        # Committed entries already on disk are applied before the fsync, so their callers
+        # need not wait for it, unless answers wait for that fsync: a follower's
+        # acknowledgement is what the leader's commit (and every client) waits for.
+        applied_early = not answers and _stored_before(ready)
+        if applied_early:
+            self._apply(ready)
         if ready.must_sync():  # a commit-only change is not worth an fsync
             await self._persist(storage, ready)
-        for message in ready.messages_after_persist():
+        for message in answers:
             transport.send(message)
         transport.flush()
         if ready.snapshot is not None:
