@@ -47,6 +47,7 @@ class RpcServer:
         self.frame_bytes_max = api.options.request_bytes_max + protocol.FRAME_OVERHEAD_BYTES
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._turn_header: protocol.Header | None = None
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -60,6 +61,19 @@ class RpcServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def write_header(self) -> protocol.Header:
+        """The header for a write's answer, computed once per loop turn: every write answered
+        in a turn was applied in an earlier one, so the header of the turn's first answer
+        already covers it (a read's answer needs ``header``, taken after the read)."""
+        header = self._turn_header
+        if header is None:
+            header = self._turn_header = self.header()
+            asyncio.get_running_loop().call_soon(self._forget_turn_header)
+        return header
+
+    def _forget_turn_header(self) -> None:
+        self._turn_header = None
 
     def header(self) -> protocol.Header:
         position = self.api.node.position()
@@ -184,7 +198,7 @@ class _Connection(asyncio.Protocol):
             except ApiError as refused:
                 error = refused
             else:
-                self._send(protocol.Reply(request_id, self.server.header(), result))
+                self._send(protocol.Reply(request_id, self.server.write_header(), result))
                 return
         self._fail(request_id, error)
 
