@@ -59,15 +59,31 @@ def test_json_output_and_no_changes(tmp_path: Path) -> None:
     assert after == before, "inspect must not change anything"
 
 
+def test_only_the_last_segment_keeps_preallocated_space(tmp_path: Path) -> None:
+    _make(tmp_path / "n")
+    code, output = _inspect(tmp_path / "n", "--output", "json")
+    assert code == 0, output
+    *sealed, last = json.loads(output)["segments"]
+    assert sealed and all(s["unused_bytes"] == 0 for s in sealed)
+    assert last["bytes"] == 4096 and 0 < last["unused_bytes"] < 4096
+    code, output = _inspect(tmp_path / "n")
+    assert f"(+{last['unused_bytes']} free)" in output
+
+
 def test_torn_tail_is_reported_as_repairable(tmp_path: Path) -> None:
     _make(tmp_path / "n")
+    code, output = _inspect(tmp_path / "n", "--output", "json")
+    last_report = json.loads(output)["segments"][-1]
+    written = last_report["bytes"] - last_report["unused_bytes"]
     last = sorted((tmp_path / "n").glob("wal-*"))[-1]
-    last.write_bytes(last.read_bytes()[:-3])
+    data = bytearray(last.read_bytes())
+    data[written - 3 : written] = bytes(3)  # the last write never reached its end
+    last.write_bytes(bytes(data))
     code, output = _inspect(tmp_path / "n", "--output", "json")
     assert code == 1
     report = json.loads(output)
     assert report["verdict"] == "repairable"
-    assert report["findings"][0]["rule"] == "T7-torn-final-write"
+    assert report["findings"][0]["rule"] == "T9-torn-final-batch"
     assert report["log"]["last_index"] == 190  # the torn batch would be cut
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from replog.storage import (
     EntryTooLarge,
     FormatTooNew,
     NodeStorage,
+    OsDisk,
     Severity,
     SimDisk,
     SnapshotPolicy,
@@ -470,3 +472,33 @@ def test_a_repair_mark_written_into_a_new_segment_is_read_back() -> None:
     run_op(storage, op2)
     model.apply(op2)
     assert _reopen(disk, storage).view() == model.view()
+
+
+def test_segments_are_preallocated_and_written_in_place(tmp_path: Path) -> None:
+    """The active segment is as long as a full one from its creation, so an append changes
+    no file size; a restart cuts the unwritten rest and the next write reserves it again."""
+    directory = str(tmp_path / "n")
+    options = StorageOptions(segment_bytes=64 << 10)
+    storage, state = NodeStorage.open(OsDisk(), directory, "cluster-a", 1, options)
+    model = Model.from_state(state)
+
+    def segment_sizes() -> list[int]:
+        names = sorted(n for n in os.listdir(directory) if n.startswith("wal-"))
+        return [os.path.getsize(os.path.join(directory, n)) for n in names]
+
+    _fill(storage, model, 3)
+    assert segment_sizes() == [64 << 10]
+    storage.close()
+    storage, state = NodeStorage.open(OsDisk(), directory, "cluster-a", 1, options)
+    assert view_of(state) == model.view()
+    assert storage.findings == ()  # the unwritten rest is no torn write
+    assert segment_sizes()[0] < 64 << 10  # recovery cut it
+    _fill(storage, model, 3)
+    assert segment_sizes() == [64 << 10]
+    _fill(storage, model, 200, per_batch=20)  # rolls over: only the last segment has room
+    sizes = segment_sizes()
+    assert len(sizes) > 1 and sizes[-1] == 64 << 10 and all(s < 64 << 10 for s in sizes[:-1])
+    storage.close()
+    storage, state = NodeStorage.open(OsDisk(), directory, "cluster-a", 1, options)
+    assert view_of(state) == model.view()
+    storage.close()

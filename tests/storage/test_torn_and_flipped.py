@@ -118,19 +118,23 @@ def _flip_outcome(built: Built, name: str, offset: int) -> View | None:
 
 
 def _check_flips(built: Built, stride: int) -> None:
-    """Every single flipped bit in the WAL stops recovery, the final batch included: one
-    flipped bit explains the damage, so the record was written whole and may have been
-    acknowledged; cutting it as a torn write could take back a vote or entries."""
-    segment, start, _ = _last_batch_region(built)
+    """Every single flipped bit in what the WAL wrote stops recovery, the final batch
+    included: one flipped bit explains the damage, so the record was written whole and may
+    have been acknowledged; cutting it as a torn write could take back a vote or entries. A
+    flip in the preallocated rest of the last segment, never written, loses nothing."""
+    segment, start, end = _last_batch_region(built)
     for name, data in built.files.items():
         if not name.startswith("wal-"):
             continue
-        dense = set(range(max(0, start - 40), len(data))) if name == segment else set()
-        offsets = (
-            range(len(data)) if stride == 1 else sorted(set(range(0, len(data), stride)) | dense)
-        )
+        written = end if name == segment else len(data)
+        dense = set(range(max(0, start - 40), written)) if name == segment else set()
+        offsets = range(written) if stride == 1 else sorted(set(range(0, written, stride)) | dense)
         for offset in offsets:
             assert _flip_outcome(built, name, offset) is None, f"{name}@{offset} accepted"
+    unused = len(built.files[segment]) - end
+    assert unused > 0  # the last segment is preallocated
+    for offset in range(end, len(built.files[segment]), max(1, unused // 16)):
+        assert _flip_outcome(built, segment, offset) == built.steps[-1].view, offset
 
 
 @pytest.mark.parametrize("seed", range(2))

@@ -72,6 +72,7 @@ def report_json(report: DirectoryReport) -> dict[str, Any]:
                 "first_entry": s.first_entry or None,
                 "last_entry": s.last_entry or None,
                 "bytes": s.bytes,
+                "unused_bytes": s.unused_bytes,
                 "records": s.records,
                 "batches": s.batches,
                 "damage_offset": s.damage_offset,
@@ -140,7 +141,8 @@ def _segment_table(report: DirectoryReport) -> Table:
     for s in report.segments:
         entries = f"{s.first_entry}..{s.last_entry}" if s.last_entry else "-"
         status = "ok" if s.damage_offset is None else f"damage @ {s.damage_offset}"
-        table.add_row(s.name, entries, str(s.bytes), str(s.records), str(s.batches), status)
+        size = f"{s.bytes - s.unused_bytes} (+{s.unused_bytes} free)" if s.unused_bytes else s.bytes
+        table.add_row(s.name, entries, str(size), str(s.records), str(s.batches), status)
     return table
 
 

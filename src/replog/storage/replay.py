@@ -279,6 +279,9 @@ class _Replayer:
         while pos < len(data):
             found = read_frame(data, pos)
             if isinstance(found, Defect):
+                if self.header_seen and not self.pending and all_zero(data, pos):
+                    self.facts.valid_bytes = pos  # the preallocated rest: nothing was torn
+                    return
                 self._stop(data, pos, found, "")
                 return
             problem = self._accept(found, pos)
@@ -449,14 +452,14 @@ def classify_rest(data: bytes, pos: int, expected_batch: int | None) -> Rest:
         if part.batch_seq != expected_batch:
             return Rest.LATER
         if part.final:
-            return Rest.OWN_FINAL if _all_zero(data, found.end) else Rest.LATER
+            return Rest.OWN_FINAL if all_zero(data, found.end) else Rest.LATER
         fragments = True
         start = found.end
     else:
         return Rest.LATER  # too many candidates to tell: assume the worst
     if fragments:
         return Rest.FRAGMENTS
-    return Rest.NOTHING if _all_zero(data, pos) else Rest.GARBAGE
+    return Rest.NOTHING if all_zero(data, pos) else Rest.GARBAGE
 
 
 def damage_of(
@@ -473,7 +476,8 @@ def damage_of(
     return Damage.UNEXPLAINED, None
 
 
-def _all_zero(data: bytes, start: int) -> bool:
+def all_zero(data: bytes, start: int) -> bool:
+    """Whether ``data`` holds only zeros from ``start`` on (an unwritten, preallocated rest)."""
     return not data[start:].strip(b"\x00")
 
 

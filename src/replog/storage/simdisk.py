@@ -190,6 +190,13 @@ class SimFile:
         _apply_file_op(self._inode.data, size)
         self._inode.pending.append(size)
 
+    def preallocate(self, size: int) -> None:
+        if size > len(self._inode.data):
+            self.truncate(size)
+
+    def sync_data(self) -> None:
+        self.fsync()  # the simulated disk keeps no timestamps: the same guarantee
+
     def fsync(self) -> None:
         self._enter(DiskOp.FSYNC)
         inode = self._inode

@@ -31,7 +31,7 @@ from replog.storage.record import (
     read_frame,
 )
 from replog.storage.recovery import Finding, Severity
-from replog.storage.replay import SEGMENT_BYTES_READ_MAX, plan_recovery
+from replog.storage.replay import SEGMENT_BYTES_READ_MAX, all_zero, plan_recovery
 from replog.storage.snapshot import read_snapshot
 
 
@@ -47,6 +47,7 @@ class SegmentReport:
     last_entry: int = 0
     status: str = "ok"
     damage_offset: int | None = None  # where parsing stopped, if it stopped early
+    unused_bytes: int = 0  # the preallocated rest after the last record, all zeros
 
 
 @dataclass(slots=True)
@@ -139,6 +140,9 @@ def _survey_segment(disk: Disk, path: str, report: SegmentReport) -> None:
     while pos < len(data):
         found = read_frame(data, pos)
         problem = found.value if isinstance(found, Defect) else _understood(found)
+        if isinstance(found, Defect) and report.records and all_zero(data, pos):
+            report.unused_bytes = len(data) - pos
+            return
         if problem:
             report.status = f"stops at offset {pos}: {problem}"
             report.damage_offset = pos

@@ -1,13 +1,21 @@
 """The segmented write-ahead log: group commit, rollover, compaction, reading entries back.
 
 Theory of operation. The WAL is a numbered sequence of segment files (``layout.py`` names
-them); only the last one, the *active* segment, is ever written, and only at its end. One
-``write_batch`` call is one Ready batch: its records (``record.encode_batch``: entries, an
-optional snapshot mark, the hard state in the final part) are encoded into ONE buffer, written
-with ONE append and made durable with ONE fsync; when the batch opened a new segment the
-directory is fsynced too, so the new name survives a crash. The in-memory state (``index``,
-``hard_state``, ``next_batch``) changes only after that fsync returned, so it never runs ahead
-of the disk.
+them); only the last one, the *active* segment, is ever written, and only at the end of
+what it holds. One ``write_batch`` call is one Ready batch: its records (``record.encode_batch``:
+entries, an optional snapshot mark, the hard state in the final part) are encoded into ONE
+buffer, written with ONE write and made durable with ONE sync; when the batch opened a new
+segment the file and the directory are fsynced, so the new name survives a crash. The
+in-memory state (``index``, ``hard_state``, ``next_batch``) changes only after that sync
+returned, so it never runs ahead of the disk.
+
+Preallocation: a new segment is created ``segment_bytes`` long (``posix_fallocate``; it reads
+as zeros), so a batch written inside it changes neither the file's size nor its block map,
+and ``fdatasync`` has only the data to flush: no journal commit. With three nodes syncing on
+one disk that cut the median sync by a fifth to a third. Recovery takes zeros after the last
+whole batch of the last segment for the unwritten rest (not a torn write) and cuts them; the
+next write reserves the space again. A full segment is cut to its written length and fsynced
+before the next one is created, so only the last segment ever ends in zeros.
 
 Rollover: before a batch that would push a non-empty active segment past ``segment_bytes``,
 the batch goes into a new segment instead, whose header record (written in the same buffer)
@@ -123,10 +131,13 @@ class Wal:
         )
         active = self.segments[-1] if self.segments else None
         if active is None or (may_roll and self._is_full(active, len(buffer))):
+            if active is not None:
+                self._seal(active)
             segment, header = self._new_segment()
             handle = self.disk.open(self.path(segment), OpenMode.CREATE)
             try:
-                handle.append(header + buffer)
+                handle.preallocate(self.segment_bytes)
+                handle.write_at(0, header + buffer)
                 handle.fsync()
                 self.disk.fsync_dir(self.directory)
             except BaseException:
@@ -138,8 +149,9 @@ class Wal:
             base = len(header)
         else:
             handle = self._active_handle(active)
-            base = handle.append(buffer)
-            handle.fsync()
+            base = active.size
+            handle.write_at(base, buffer)
+            handle.sync_data()  # inside the preallocated size, or a size only reads need
             segment = active
         segment.size = base + len(buffer)
         self._apply(segment.seq, base, locations, hard_state, mark)
@@ -169,9 +181,22 @@ class Wal:
 
     def _active_handle(self, active: Segment) -> DiskFile:
         if self._active is None:
-            self._active = self.disk.open(self.path(active), OpenMode.WRITE)
-            assert self._active.size() == active.size, "active segment changed under us"
+            handle = self.disk.open(self.path(active), OpenMode.WRITE)
+            try:
+                assert handle.size() == active.size, "active segment changed under us"
+                handle.preallocate(self.segment_bytes)  # recovery cut the rest
+            except BaseException:
+                handle.close()
+                raise
+            self._active = handle
         return self._active
+
+    def _seal(self, active: Segment) -> None:
+        """Cut the preallocated rest of a full segment before the next one exists, so only
+        the last segment ever ends in zeros."""
+        handle = self._active_handle(active)
+        handle.truncate(active.size)
+        handle.fsync()
 
     def _apply(
         self,
