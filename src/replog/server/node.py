@@ -367,8 +367,15 @@ class Node:
 
     async def start(self) -> None:
         """Recover from the data directory, connect to the peers and start the driver."""
-        storage, state = NodeStorage.open(
-            OsDisk(), self._data_dir, self._cluster_id, self.node_id, StorageOptions()
+        # On a thread: replaying a long log must not stall the other tasks of this loop.
+        storage, state = await asyncio.get_running_loop().run_in_executor(
+            None,
+            NodeStorage.open,
+            OsDisk(),
+            self._data_dir,
+            self._cluster_id,
+            self.node_id,
+            StorageOptions(),
         )
         self._storage = storage
         membership = Configuration(voters=self._initial_voters)
