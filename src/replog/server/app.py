@@ -21,7 +21,7 @@ from aiohttp import web
 from replog.server.config import Address, ServerConfig, parse_address
 from replog.server.http import Api, ApiOptions, make_app
 from replog.server.node import Node, NodeOptions
-from replog.server.rpc import RpcServer
+from replog.server.rpc import LISTEN_BACKLOG, RpcServer
 from replog.statemachines import KVLimits, KVStore
 from replog.storage import StorageError
 
@@ -104,7 +104,9 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.listen_client.host, config.listen_client.port)
+    site = web.TCPSite(
+        runner, config.listen_client.host, config.listen_client.port, backlog=LISTEN_BACKLOG
+    )
     try:
         await site.start()
     except OSError as error:
