@@ -24,7 +24,9 @@ Rules and where they come from:
   pipelined streaming and snapshots.
 * Commit (5.3, 5.4.2): an index is committed once a quorum of voters holds it *durably* and the
   entry is from the leader's current term; a new leader appends a no-op to get there.
-  The leader counts itself only for what ``advance`` has confirmed as persisted.
+  The leader counts itself only for what ``advance`` has confirmed as persisted. Followers
+  learn a new commit index from the next append or heartbeat, or, from an idle leader, by
+  the next tick (``_announce_commit``): no message is sent for the commit index alone.
 * Reads (thesis 6.4): ReadIndex with a heartbeat round (see ``readonly``); lease reads as an
   opt-in that trusts check-quorum plus a clock drift bound.
 
