@@ -208,3 +208,13 @@ def test_long_run(nodes: int, seeds: int, events: int, store: str) -> None:
         pytest.fail(report(summary.failures[0], config), pytrace=False)
     outcomes = collections.Counter(summary.linearizability)
     assert outcomes["not linearizable"] == 0
+
+
+def test_a_write_torn_into_preallocated_zeros_is_not_taken_for_a_bit_flip() -> None:
+    """Regression: in this world a crash tears a write into a WAL segment's preallocated zeros
+    where the lost part of the record differs from zeros by one bit. Recovery took that for a
+    flipped bit (media damage) and refused to start a node whose disk was never damaged; a
+    torn write that leaves zeros is now cut like any torn write."""
+    config = SimConfig(nodes=5, events=10_000, disk_faults=True)
+    result = run_seed(100_003, config, store_factory=WalStore)
+    assert not result.failed, report(result, config)

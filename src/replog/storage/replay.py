@@ -39,6 +39,7 @@ from replog.storage.layout import (
 from replog.storage.logindex import LogIndex, ReplayLog, Run
 from replog.storage.record import (
     FORMAT_VERSION,
+    HEADER_BYTES,
     MAGIC,
     NO_TERM,
     WAL_MAGIC,
@@ -470,11 +471,22 @@ def damage_of(
     if defect in (Defect.OPEN_BATCH, Defect.SHORT_HEADER, Defect.BAD_CONTENT):
         return (Damage.UNEXPLAINED if defect is Defect.BAD_CONTENT else Damage.ENDS_INSIDE), None
     flip = explain_by_bit_flip(data, pos)
+    if flip is not None and _torn_into_zeros(data, pos, flip[0]):
+        return Damage.ENDS_INSIDE, None
     if flip is not None:
         return Damage.BIT_FLIP, flip
     if defect is Defect.PAST_END and rest in (Rest.NOTHING, Rest.GARBAGE):
         return Damage.ENDS_INSIDE, None
     return Damage.UNEXPLAINED, None
+
+
+def _torn_into_zeros(data: bytes, pos: int, offset: int) -> bool:
+    """Whether the record at ``pos`` reads as zeros from the byte at ``offset`` to its end.
+    A write torn there into preallocated space (zeros) looks exactly like a bit that flipped
+    to 0 at ``offset``; the torn write is the likely story, so this is not media damage."""
+    length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+    end = min(len(data), pos + HEADER_BYTES + length)
+    return offset < end and all_zero(data[offset:end], 0)
 
 
 def all_zero(data: bytes, start: int) -> bool:
