@@ -10,6 +10,7 @@ stops the process with exit code 1; it restarts through recovery.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -31,6 +32,14 @@ HTTP_SHUTDOWN_S = 2.0
 # What the store accepts when it applies the log: the same on every node, and at least the
 # largest request limits `replog serve` allows (the configured limits are checked on entry).
 APPLY_LIMITS = KVLimits(key_bytes_max=1 << 20, value_bytes_max=16 << 20, request_bytes_max=32 << 20)
+# The cyclic garbage collector's thresholds for a node process (Python's are 700, 10, 10). A node
+# holds up to ``entries_ceiling`` log entries, each a tracked object that lives for seconds, so
+# with the defaults a busy leader ran a full collection (about 60 ms, all objects scanned) twice
+# a second and spent a tenth of its time in the collector. Nearly all garbage here is freed by
+# reference counting; the cycles the collector exists for are rare. A larger first threshold
+# lets request objects die before a collection sees them, and a full collection now comes after
+# about a million new objects instead of 70 thousand.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def run(config: ServerConfig) -> int:
@@ -40,7 +49,16 @@ def run(config: ServerConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tune_garbage_collector()
     return _event_loop_runner(config.event_loop)(serve(config))
+
+
+def tune_garbage_collector() -> None:
+    """Set ``GC_THRESHOLDS`` and move the objects of the imported modules out of the
+    collector's sight (they live as long as the process). A program that embeds a ``Node``
+    can call this too; the library itself leaves the collector alone."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
 
 
 def _event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:

@@ -167,7 +167,7 @@ WriteResult = PutResult | DeleteResult | TxnResult
 ApplyResult = PutResult | DeleteResult | TxnResult | ErrorResult
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True):
+class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One change in the watch history. ``kv.mod_revision`` is the revision of the change; a
     delete's ``kv`` has the key, an empty value, version 0 and create_revision 0."""
 
