@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replog.errors import Unavailable, UnknownOutcome
-from replog.server.node import Node, NodeOptions, NodeStopped
+from replog.server.node import Node, NodeOptions, NodeStopped, _Deadlines
 from replog.testing.machines import Register
 from replog.testing.processes import free_ports
 
@@ -233,3 +235,23 @@ async def test_a_slow_snapshot_does_not_hold_up_replication(tmp_path: Path) -> N
     finally:
         for node in nodes:
             await node.stop(transfer=False)
+
+
+@given(
+    st.lists(st.floats(0, 5, allow_nan=False), max_size=40),
+    st.lists(st.floats(0, 6, allow_nan=False), min_size=1, max_size=5),
+)
+def test_proposal_deadlines_expire_never_early_and_at_most_one_slot_late(
+    deadlines: list[float], nows: list[float]
+) -> None:
+    slots = _Deadlines()
+    for k, deadline in enumerate(deadlines):
+        slots.add(deadline, k.to_bytes(2, "big"))
+    taken: list[int] = []
+    for now in sorted(nows):
+        due = [int.from_bytes(i, "big") for i in slots.pop_due(now)]
+        assert all(deadlines[k] <= now for k in due)
+        taken += due
+        slot_s = 1 / _Deadlines.SLOTS_PER_S
+        assert {k for k, d in enumerate(deadlines) if d <= now - slot_s} <= set(taken)
+    assert len(taken) == len(set(taken))  # each once
