@@ -79,6 +79,43 @@ async def test_concurrent_proposals_are_batched_and_all_answered(cluster: list[N
     assert sorted(results) == list(range(1, 301))  # type: ignore[type-var]
 
 
+async def test_a_write_with_a_callback_is_answered_once_and_a_failing_callback_is_contained(
+    cluster: list[Node],
+) -> None:
+    leader = await leader_of(cluster)
+    outcomes: list[tuple[object, BaseException | None]] = []
+
+    def fail(result: object, error: BaseException | None) -> None:
+        outcomes.append((result, error))
+        raise RuntimeError("a caller's bug")
+
+    leader.submit_callback(b"a", fail)
+    leader.submit_callback(b"b", lambda result, error: outcomes.append((result, error)))
+    assert await leader.wait_applied(lambda: len(machine(leader).items) == 2, 3)
+    async with asyncio.timeout(3):
+        while len(outcomes) < 2:
+            await asyncio.sleep(0.01)
+    assert outcomes == [(1, None), (2, None)]
+    assert await leader.propose(b"c") == 3  # the driver went on
+
+
+async def test_a_write_with_a_callback_learns_of_a_lost_quorum(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 3)
+    await nodes[0].start()  # alone: no leader can be elected
+    outcome: list[BaseException | None] = []
+    try:
+        nodes[0].submit_callback(b"x", lambda _, error: outcome.append(error), timeout_s=0.2)
+        async with asyncio.timeout(3):
+            while not outcome:
+                await asyncio.sleep(0.01)
+        assert isinstance(outcome[0], Unavailable)
+    finally:
+        await nodes[0].stop()
+    with pytest.raises(NodeStopped):
+        nodes[0].submit_callback(b"y", lambda _, error: outcome.append(error))
+    assert len(outcome) == 1
+
+
 async def test_writes_resume_on_a_new_leader(cluster: list[Node]) -> None:
     leader = await leader_of(cluster)
     await leader.propose(b"before")

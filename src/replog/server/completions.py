@@ -15,16 +15,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 SLICE_DEFAULT = 64
+
+
+class Waiter(Protocol):
+    """What receives one result: an ``asyncio.Future``, or anything that resolves alike."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class Completions:
     def __init__(self, slice_size: int = SLICE_DEFAULT) -> None:
         assert slice_size >= 1
         self._slice = slice_size
-        self._queue: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
+        self._queue: collections.deque[tuple[Waiter, bool, Any]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._spent = 0  # results resolved at once in this turn of the loop
@@ -32,7 +40,7 @@ class Completions:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="replog-completions")
 
-    def result(self, future: asyncio.Future[Any], value: object) -> None:
+    def result(self, future: Waiter, value: object) -> None:
         if self._may_resolve_now():
             if not future.done():
                 future.set_result(value)
@@ -40,7 +48,7 @@ class Completions:
         self._queue.append((future, True, value))
         self._wake.set()
 
-    def exception(self, future: asyncio.Future[Any], error: BaseException) -> None:
+    def exception(self, future: Waiter, error: BaseException) -> None:
         if self._may_resolve_now():
             if not future.done():
                 future.set_exception(error)

@@ -33,7 +33,7 @@ from replog.core import NotLeader, ReplogError
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server.config import parse_address
 from replog.server.members import MemberInfo
-from replog.server.node import MembershipError, MemberStatus, Node, NodeOptions
+from replog.server.node import MembershipError, MemberStatus, Node, NodeOptions, OnDone
 from replog.statemachines import (
     Compacted,
     Delete,
@@ -186,6 +186,16 @@ class Api:
         self, op: Put | Delete | Txn, idempotency_key: str | None
     ) -> asyncio.Future[object]:
         """Check and propose one write; the future receives what ``finish_write`` takes."""
+        return self.node.submit(self._command(op, idempotency_key))
+
+    def start_write_callback(
+        self, op: Put | Delete | Txn, idempotency_key: str | None, on_done: OnDone
+    ) -> None:
+        """``start_write`` with ``Node.submit_callback``'s way of answering."""
+        self.node.submit_callback(self._command(op, idempotency_key), on_done)
+
+    def _command(self, op: Put | Delete | Txn, idempotency_key: str | None) -> bytes:
+        """The command of one write, checked; raises ``ApiError``."""
         if idempotency_key is not None and not _valid_idempotency_key(idempotency_key):
             message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
             raise ApiError(400, "invalid_request", message)
@@ -194,7 +204,7 @@ class Api:
             check_request(command, self.options.limits)
         except InvalidCommand as error:
             raise _invalid(error) from None
-        return self.node.submit(encode_request(command))
+        return encode_request(command)
 
     def finish_write(self, result: object) -> PutResult | DeleteResult | TxnResult:
         """The store's answer to a write, or its refusal as an ``ApiError``."""

@@ -183,25 +183,22 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _start_write(self, message: protocol.Write) -> None:
-        """A write needs no task: the node's future calls back with the outcome."""
+        """A write needs no task and no future: the node calls back with the outcome."""
         request = message.request
-        try:
-            future = self.server.api.start_write(request.op, request.idempotency_key)
-        except Exception as error:
-            self._fail(message.id, error)
-            return
+        on_done = functools.partial(self._write_done, message.id)
         self.in_flight += 1
-        future.add_done_callback(functools.partial(self._write_done, message.id))
+        try:
+            self.server.api.start_write_callback(request.op, request.idempotency_key, on_done)
+        except Exception as error:
+            self.in_flight -= 1
+            self._fail(message.id, error)
 
-    def _write_done(self, request_id: int, future: asyncio.Future[object]) -> None:
+    def _write_done(self, request_id: int, outcome: object, error: BaseException | None) -> None:
         self.in_flight -= 1
         self._pace()
-        if future.cancelled():
-            return
-        error = future.exception()
         if error is None:
             try:
-                result = self.server.api.finish_write(future.result())
+                result = self.server.api.finish_write(outcome)
             except ApiError as refused:
                 error = refused
             else:
