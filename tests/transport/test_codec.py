@@ -34,6 +34,7 @@ from replog.transport.codec import (
     Hello,
     Ping,
     Pong,
+    _AppendEntries,
     decode_hello,
     decode_inbound,
     decode_pong,
@@ -105,6 +106,33 @@ def test_every_message_round_trips_to_an_equal_value_of_the_same_types(m: Messag
     decoded = decode_message(encode_message(m))
     assert decoded == m
     _assert_same_types(decoded, m)
+
+
+appends = st.builds(
+    AppendEntries, u63, u63, u63, u63, u63, st.lists(entries, max_size=5).map(tuple), u63
+)
+
+
+@given(appends)
+def test_append_entries_take_a_short_cut_to_the_bytes_of_their_schema(m: AppendEntries) -> None:
+    wire = msgspec.convert(m, _AppendEntries, from_attributes=True)
+    assert encode_message(m) == msgspec.msgpack.encode(wire)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"term": -1},
+        {"leader_commit": U63_MAX + 1},
+        {"entries": (Entry(1, -1),)},
+        {"entries": (Entry(1, 1), Entry(U63_MAX + 1, 1))},
+        {"prev_log_index": "7"},
+    ],
+)
+def test_append_entries_out_of_range_are_refused_on_the_way_out(change: dict[str, object]) -> None:
+    m = dataclasses.replace(AppendEntries(1, 1, 2, 0, 0, (), 0), **change)  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match="AppendEntries"):
+        encode_message(m)
 
 
 def test_all_message_types_have_distinct_tags() -> None:

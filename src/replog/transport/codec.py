@@ -330,6 +330,8 @@ _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, ValueErro
 
 def encode_message(m: Message) -> bytes:
     """The body of one message (no length prefix). Raises CodecError on a value out of range."""
+    if type(m) is AppendEntries:
+        return _encode_append(m)
     try:
         wire = msgspec.convert(m, _WIRE_OF[type(m)], from_attributes=True)
     except KeyError:
@@ -337,6 +339,31 @@ def encode_message(m: Message) -> bytes:
     except msgspec.ValidationError as error:
         raise CodecError(f"cannot encode {type(m).__name__}: {error}") from None
     return _ENCODER.encode(wire)
+
+
+_U63_MAX: Final = (1 << 63) - 1
+_APPEND_TAG: Final = _AppendEntries.__struct_config__.tag
+
+
+def _encode_append(m: AppendEntries) -> bytes:
+    """AppendEntries, nearly all of the traffic, encoded from plain tuples: the same bytes as
+    through ``_AppendEntries`` in half the time (building a wire struct per entry cost more
+    than the encoding). The ranges the schema checks are checked on the header and on the
+    first and last entries (a leader's entries have consecutive indexes and rising terms)."""
+    entries = m.entries
+    ints = [m.term, m.sender, m.receiver, m.prev_log_index, m.prev_log_term, m.leader_commit]
+    if entries:
+        first, last = entries[0], entries[-1]
+        ints += (first.index, first.term, last.index, last.term)
+    try:
+        valid = min(ints) >= 0 and max(ints) <= _U63_MAX and len(entries) <= SEQUENCE_ITEMS_MAX
+    except TypeError:
+        valid = False
+    if not valid:
+        raise CodecError(f"cannot encode AppendEntries: a value is out of range in {m!r}")
+    body = [(e.index, e.term, e.kind, e.data) for e in entries]
+    header = (_APPEND_TAG, m.term, m.sender, m.receiver, m.prev_log_index, m.prev_log_term)
+    return _ENCODER.encode((*header, body, m.leader_commit))
 
 
 def encode_control(frame: Hello | Ping | Pong | SnapshotHeader | SnapshotAck) -> bytes:
