@@ -352,42 +352,40 @@ class KVStore:
 
     def _record(self, event: Event) -> None:
         self._history.append(event)
-        self._history_bytes += event_cost_bytes(event)
+        self._history_bytes += _kv_cost_bytes(event.kv)
 
     def _trim_history(self) -> None:
         """Bound the history after a command: drop the oldest revisions, whole, while it is
         over budget, but never the newest one (so it may exceed the budget by one revision,
-        which check_request bounds)."""
-        limits = self._limits
-        while (
-            len(self._history) - self._history_start > limits.history_events_max
-            or self._history_bytes > limits.history_bytes_max
-        ) and self._history[self._history_start].kv.mod_revision < self._revision:
-            self._drop_oldest_revision()
-        dropped = self._history_start
-        if dropped and (
-            dropped >= len(self._history) - dropped
-            or self._dropped_bytes >= limits.history_bytes_max // 4
+        which check_request bounds). Runs for every command, hence the local names."""
+        limits, history = self._limits, self._history
+        events_max, bytes_max = limits.history_events_max, limits.history_bytes_max
+        start, end = self._history_start, len(history)
+        while (end - start > events_max or self._history_bytes > bytes_max) and (
+            history[start].kv.mod_revision < self._revision
         ):
+            start = self._drop_oldest_revision(start, end)
+        self._history_start = start
+        if start and (start >= end - start or self._dropped_bytes >= bytes_max // 4):
             # Free the dropped events once they are as many as the live ones (amortized O(1)
             # per event), or as soon as they hold a quarter of the byte budget (large values).
-            del self._history[:dropped]
+            del history[:start]
             self._history_start = 0
             self._dropped_bytes = 0
 
-    def _drop_oldest_revision(self) -> None:
+    def _drop_oldest_revision(self, start: int, end: int) -> int:
         """Drop every event of the oldest revision in the history (a revision is held whole
-        or not at all)."""
-        revision = self._history[self._history_start].kv.mod_revision
-        while (
-            self._history_start < len(self._history)
-            and self._history[self._history_start].kv.mod_revision == revision
-        ):
-            cost = event_cost_bytes(self._history[self._history_start])
-            self._history_bytes -= cost
-            self._dropped_bytes += cost
-            self._history_start += 1
+        or not at all); returns the new start of the live history."""
+        history = self._history
+        revision = history[start].kv.mod_revision
+        dropped_bytes = 0
+        while start < end and (kv := history[start].kv).mod_revision == revision:
+            dropped_bytes += _kv_cost_bytes(kv)
+            start += 1
+        self._history_bytes -= dropped_bytes
+        self._dropped_bytes += dropped_bytes
         self._compact_revision = revision + 1
+        return start
 
     def _remember(self, entry: IdempotencyEntry) -> None:
         self._idempotency[entry.key] = entry
