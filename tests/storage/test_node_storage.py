@@ -27,7 +27,7 @@ from replog.storage import (
     WrongCluster,
     WrongNode,
 )
-from replog.storage.disk import OpenMode
+from replog.storage.disk import OpenMode, OsFile
 from replog.storage.layout import META_NAME
 from replog.storage.record import (
     ENTRY_BYTES_MAX,
@@ -38,6 +38,7 @@ from replog.storage.record import (
     encode,
     frame,
 )
+from replog.storage.wal import ZERO_AHEAD_BYTES
 
 from .workload import CONFIG, Model, Save, TakeSnapshot, Workload, run_op, view_of
 
@@ -501,4 +502,52 @@ def test_segments_are_preallocated_and_written_in_place(tmp_path: Path) -> None:
     storage.close()
     storage, state = NodeStorage.open(OsDisk(), directory, "cluster-a", 1, options)
     assert view_of(state) == model.view()
+    storage.close()
+
+
+class _Watched(OsFile):
+    """An OsFile that reports every write as (offset, length, all zeros)."""
+
+    writes: list[tuple[int, int, bool]] = []
+
+    def write_at(self, offset: int, data: bytes | bytearray) -> None:
+        self.writes.append((offset, len(data), data.count(0) == len(data)))
+        super().write_at(offset, data)
+
+
+class _WatchedDisk(OsDisk):
+    def open(self, path: str, mode: OpenMode) -> OsFile:
+        plain = super().open(path, mode)
+        watched = _Watched(plain.path, os.dup(plain._fd))
+        plain.close()
+        return watched
+
+
+def test_the_space_ahead_of_the_log_is_written_with_zeros_before_batches_reach_it(
+    tmp_path: Path,
+) -> None:
+    """Fallocated blocks are unwritten on ext4: the first write into one changes metadata and
+    makes the sync commit the journal. Zeros written ahead keep the batches' syncs data-only."""
+    segment_bytes = 2 * ZERO_AHEAD_BYTES
+    options = StorageOptions(segment_bytes=segment_bytes)
+    _Watched.writes = []
+    storage, state = NodeStorage.open(_WatchedDisk(), str(tmp_path / "n"), "c", 1, options)
+    model = Model.from_state(state)
+    zeroed_to, end = 0, 0
+    while True:
+        before = len(_Watched.writes)
+        _fill(storage, model, 1, per_batch=50)
+        [(offset, length, _)] = [w for w in _Watched.writes[before:] if not w[2]]
+        if offset < end:
+            break  # the next segment
+        end = offset + length
+        for at, size, _ in [w for w in _Watched.writes[before:] if w[2]]:
+            assert end <= at and at + size <= segment_bytes  # ahead of the log, inside
+            zeroed_to = at + size
+        assert zeroed_to >= min(end + ZERO_AHEAD_BYTES // 2, segment_bytes)
+    assert sum(zeros for _, _, zeros in _Watched.writes) >= 3  # a chunk at a time
+    storage.close()
+    storage, state = NodeStorage.open(OsDisk(), str(tmp_path / "n"), "c", 1, options)
+    assert view_of(state) == model.view()
+    assert storage.findings == ()
     storage.close()

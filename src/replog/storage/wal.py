@@ -10,11 +10,15 @@ in-memory state (``index``, ``hard_state``, ``next_batch``) changes only after t
 returned, so it never runs ahead of the disk.
 
 Preallocation: a new segment is created ``segment_bytes`` long (``posix_fallocate``; it reads
-as zeros), so a batch written inside it changes neither the file's size nor its block map,
-and ``fdatasync`` has only the data to flush: no journal commit. With three nodes syncing on
-one disk that cut the median sync by a fifth to a third. Recovery takes zeros after the last
-whole batch of the last segment for the unwritten rest (not a torn write) and cuts them; the
-next write reserves the space again. A full segment is cut to its written length and fsynced
+as zeros), so a batch written inside it does not change the file's size. Reserved space is
+not enough, though: ext4 marks fallocated blocks unwritten, and the first write into one
+converts it, a metadata change that makes ``fdatasync`` commit the journal. So the WAL also
+writes real zeros ``ZERO_AHEAD_BYTES`` ahead of its end, a chunk at a time (the chunk is
+flushed with the batch that crossed into the previous one); a batch then lands on blocks
+already written, and its sync flushes data only. With three nodes syncing on one disk, a
+10 KB write and sync fell from about 155 to 105 us. Recovery takes zeros after the last whole
+batch of the last segment for the unwritten rest (not a torn write) and cuts them; the next
+write reserves the space again. A full segment is cut to its written length and fsynced
 before the next one is created, so only the last segment ever ends in zeros.
 
 Rollover: before a batch that would push a non-empty active segment past ``segment_bytes``,
@@ -60,6 +64,8 @@ from replog.storage.record import (
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
 SEGMENT_BYTES_MIN = 4 << 10
+ZERO_AHEAD_BYTES = 1 << 20  # the active segment holds written zeros this far past its end
+_ZEROS = bytes(ZERO_AHEAD_BYTES)
 
 
 @dataclass(slots=True)
@@ -99,6 +105,7 @@ class Wal:
         self.next_batch = next_batch
         self.segments = segments
         self._active: DiskFile | None = None
+        self._zeroed_to = 0  # the active segment reads as written zeros from its end to here
 
     def path(self, segment: Segment) -> str:
         return os.path.join(self.directory, segment.name)
@@ -138,6 +145,8 @@ class Wal:
             try:
                 handle.preallocate(self.segment_bytes)
                 handle.write_at(0, header + buffer)
+                self._zeroed_to = 0
+                self._zero_ahead(handle, len(header) + len(buffer))
                 handle.fsync()
                 self.disk.fsync_dir(self.directory)
             except BaseException:
@@ -151,6 +160,7 @@ class Wal:
             handle = self._active_handle(active)
             base = active.size
             handle.write_at(base, buffer)
+            self._zero_ahead(handle, base + len(buffer))
             handle.sync_data()  # inside the preallocated size, or a size only reads need
             segment = active
         segment.size = base + len(buffer)
@@ -185,11 +195,24 @@ class Wal:
             try:
                 assert handle.size() == active.size, "active segment changed under us"
                 handle.preallocate(self.segment_bytes)  # recovery cut the rest
+                self._zeroed_to = active.size
             except BaseException:
                 handle.close()
                 raise
             self._active = handle
         return self._active
+
+    def _zero_ahead(self, handle: DiskFile, end: int) -> None:
+        """Write zeros over the preallocated space from ``_zeroed_to`` up to a chunk past
+        ``end`` (the end of what the segment holds), within ``segment_bytes``: a chunk at a
+        time, once ``end`` has come within a chunk of the zeroed space's end."""
+        if self._zeroed_to - end >= ZERO_AHEAD_BYTES // 2:
+            return
+        start = max(self._zeroed_to, end)
+        stop = min(start + ZERO_AHEAD_BYTES, self.segment_bytes)
+        if stop > start:
+            handle.write_at(start, _ZEROS[: stop - start])
+        self._zeroed_to = max(stop, end)
 
     def _seal(self, active: Segment) -> None:
         """Cut the preallocated rest of a full segment before the next one exists, so only
