@@ -258,9 +258,9 @@ OnDone = Callable[[object, BaseException | None], None]
 
 class _Callback:
     """Receives a proposal's outcome like a future, and hands it straight to ``on_done``: no
-    future, done-callback and loop turn per request, which cost a busy leader more than a
-    tenth of its time. ``on_done`` runs inside the driver, so it must be quick; what it
-    raises is logged, not passed on."""
+    future, done-callback and loop turn per request (about 1 us of a busy leader's 30 per
+    write). ``on_done`` runs inside the driver, so it must be quick; what it raises is logged,
+    not passed on."""
 
     __slots__ = ("_done", "on_done")
 
