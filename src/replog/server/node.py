@@ -291,7 +291,7 @@ class _Callback:
 class _Proposal:
     request_id: bytes
     data: bytes
-    future: asyncio.Future[object] | _Callback
+    waiter: asyncio.Future[object] | _Callback  # receives the outcome
     deadline: float  # on the loop's clock
     proposed: bool = False
 
@@ -574,7 +574,7 @@ class Node:
                 self._expire_proposal(proposal)
 
     def _expire_proposal(self, proposal: _Proposal) -> None:
-        if proposal.future.done():
+        if proposal.waiter.done():
             return
         self.metrics.proposals_failed.inc()
         error: ReplogError
@@ -584,7 +584,7 @@ class Node:
             )
         else:
             error = Unavailable("no leader accepted the write in time")
-        proposal.future.set_exception(error)
+        proposal.waiter.set_exception(error)
 
     async def read_barrier(self, *, lease: bool = False, timeout_s: float | None = None) -> int:
         """Wait until this node's state machine reflects every write committed before the call
@@ -1034,7 +1034,7 @@ class Node:
         kept: list[_Proposal] = []
         now = asyncio.get_running_loop().time()
         for proposal in waiting.proposals:
-            if proposal.future.done():
+            if proposal.waiter.done():
                 continue
             if proposal.deadline <= now:
                 self._expire_proposal(proposal)
@@ -1045,7 +1045,7 @@ class Node:
                 kept.append(proposal)  # no leader known yet: try again next round
                 continue
             except ProposalError as error:
-                proposal.future.set_exception(Unavailable(str(error)))
+                proposal.waiter.set_exception(Unavailable(str(error)))
                 continue
             proposal.proposed = True
             proposal.data = b""  # the core holds it now
@@ -1147,7 +1147,7 @@ class Node:
                 result = self._apply_command(request_id, entry.data[REQUEST_ID_BYTES:])
                 proposal = waiting.by_request.pop(request_id, None)
                 if proposal is not None:
-                    self._completions.result(proposal.future, result)
+                    self._completions.result(proposal.waiter, result)
             elif entry.kind is EntryKind.CONFIG:
                 self._config_committed(entry)
             expected = waiting.by_index.pop(entry.index, None)
@@ -1155,7 +1155,7 @@ class Node:
                 lost = waiting.by_request.pop(expected, None)
                 if lost is not None:
                     error = Unavailable("leadership changed before the write committed")
-                    self._completions.exception(lost.future, error)
+                    self._completions.exception(lost.waiter, error)
         if ready.committed_entries or ready.snapshot is not None:
             self._applied.set()
             self._applied = asyncio.Event()
@@ -1363,8 +1363,8 @@ class Node:
     def _fail_all(self, error: Exception) -> None:
         waiting = self._waiting
         for proposal in [*waiting.proposals, *waiting.by_request.values()]:
-            if not proposal.future.done():
-                proposal.future.set_exception(
+            if not proposal.waiter.done():
+                proposal.waiter.set_exception(
                     UnknownOutcome(f"{error}; the write may still apply")
                     if proposal.proposed
                     else error

@@ -49,6 +49,7 @@ HEADER_BYTES = 12
 RECORD_BODY_MAX = 64 << 20  # a body over this is a corrupt length field, never a real record
 ENTRY_BYTES_MAX = 32 << 20  # one entry's data
 PART_BYTES_TARGET = 1 << 20  # a batch is split into parts of about this many data bytes
+ZERO_BLOCK = bytes(1 << 20)  # what preallocated space reads as, a block at a time
 FORMAT_VERSION = 1
 WAL_MAGIC = "replog-wal"
 META_MAGIC = "replog-meta"

@@ -43,6 +43,7 @@ from replog.storage.record import (
     MAGIC,
     NO_TERM,
     WAL_MAGIC,
+    ZERO_BLOCK,
     BatchPart,
     Defect,
     Frame,
@@ -73,7 +74,6 @@ SEGMENTS_MAX = 1 << 16
 SEGMENT_BYTES_READ_MAX = 4 << 30
 RESCAN_CANDIDATES_MAX = 1 << 20
 SNAPSHOT_BYTES_MAX_DEFAULT = 1 << 30
-_ZEROS = bytes(1 << 20)
 
 
 @dataclass(slots=True)
@@ -492,10 +492,10 @@ def _torn_into_zeros(data: bytes, pos: int, offset: int) -> bool:
 def all_zero(data: bytes, start: int) -> bool:
     """Whether ``data`` holds only zeros from ``start`` on (an unwritten, preallocated rest).
     Compared a block at a time: a 64 MiB segment takes milliseconds, not a byte-wise scan."""
-    block = len(_ZEROS)
+    block = len(ZERO_BLOCK)
     for offset in range(start, len(data), block):
         piece = data[offset : offset + block]
-        if piece != _ZEROS[: len(piece)]:
+        if piece != ZERO_BLOCK[: len(piece)]:
             return False
     return True
 

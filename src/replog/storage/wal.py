@@ -50,6 +50,7 @@ from replog.storage.record import (
     HEADER_BYTES,
     PART_BYTES_TARGET,
     WAL_MAGIC,
+    ZERO_BLOCK,
     BatchPart,
     Defect,
     PartLocation,
@@ -64,8 +65,7 @@ from replog.storage.record import (
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
 SEGMENT_BYTES_MIN = 4 << 10
-ZERO_AHEAD_BYTES = 1 << 20  # the active segment holds written zeros this far past its end
-_ZEROS = bytes(ZERO_AHEAD_BYTES)
+ZERO_AHEAD_BYTES = len(ZERO_BLOCK)  # the active segment holds written zeros this far past its end
 
 
 @dataclass(slots=True)
@@ -205,13 +205,13 @@ class Wal:
     def _zero_ahead(self, handle: DiskFile, end: int) -> None:
         """Write zeros over the preallocated space from ``_zeroed_to`` up to a chunk past
         ``end`` (the end of what the segment holds), within ``segment_bytes``: a chunk at a
-        time, once ``end`` has come within a chunk of the zeroed space's end."""
+        time, once ``end`` has come within half a chunk of the zeroed space's end."""
         if self._zeroed_to - end >= ZERO_AHEAD_BYTES // 2:
             return
         start = max(self._zeroed_to, end)
         stop = min(start + ZERO_AHEAD_BYTES, self.segment_bytes)
         if stop > start:
-            handle.write_at(start, _ZEROS[: stop - start])
+            handle.write_at(start, ZERO_BLOCK[: stop - start])
         self._zeroed_to = max(stop, end)
 
     def _seal(self, active: Segment) -> None:
