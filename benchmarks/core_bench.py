@@ -53,6 +53,8 @@ def run(total: int, batch: int, size: int) -> tuple[float, int]:
             leader.propose(payload)
         proposed += batch
         pump()
+    leader.tick()  # an idle leader announces its last commit index on its next tick
+    pump()
     elapsed = time.process_time() - start
     committed = leader.commit_index - start_commit
     assert committed == proposed and min(applied.values()) >= proposed
