@@ -122,6 +122,29 @@ async def test_two_transports_exchange_messages_in_order(make_node: Factory) -> 
     assert stats.dropped_messages == stats.send_failures == stats.reconnects == 0
 
 
+async def test_a_flushed_send_wakes_no_writer_and_an_unflushed_one_is_delivered(
+    make_node: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flush`` writes at once, so the writer task is not woken for it; a send nobody flushes
+    wakes the writer at the end of the loop turn."""
+    monkeypatch.setattr(tcp_module, "PING_INTERVAL_S", 60.0)  # no ping wakes it meanwhile
+    a, b = await make_node(1), await make_node(2)
+    await connect_all([a, b])
+    await until(lambda: a.transport.stats()[2].connected)
+    wakeup = a.transport._links[2].wakeup
+    wakeups: list[None] = []
+    set_event = wakeup.set
+    wakeup.set = lambda: (wakeups.append(None), set_event())[1]  # type: ignore[method-assign]
+    assert a.transport.send(heartbeat(1, 2, 1))
+    a.transport.flush()
+    await until(lambda: b.read_seqs(1) == [1])
+    await asyncio.sleep(0.01)
+    assert wakeups == []
+    assert a.transport.send(heartbeat(1, 2, 2))  # not flushed: the writer sends it
+    await until(lambda: b.read_seqs(1) == [1, 2])
+    assert len(wakeups) == 1
+
+
 async def test_three_transports_all_to_all(make_node: Factory) -> None:
     nodes = [await make_node(i) for i in (1, 2, 3)]
     await connect_all(nodes)

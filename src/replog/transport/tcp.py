@@ -507,6 +507,7 @@ class PeerTransport:
         self._snapshot_idle_timeout_s = snapshot_idle_timeout_s
         self.snapshots = SnapshotAssembler(node_id, snapshot_bytes_max, snapshot_idle_timeout_s)
         self._sweep_timer: asyncio.TimerHandle | None = None
+        self._kick_due = False  # a _kick is scheduled for this loop turn
         # For fault-injection tests: rewrites a chunk (peer id, offset, data) after its CRC-32C
         # was computed, so the receiver sees it damaged.
         self.chunk_hook: ChunkHook | None = None
@@ -577,8 +578,22 @@ class PeerTransport:
             return False
         link.queue.append((m, size))
         link.queued_bytes += size
-        link.wakeup.set()
+        if not self._kick_due:
+            try:
+                asyncio.get_running_loop().call_soon(self._kick)
+                self._kick_due = True
+            except RuntimeError:  # not started: the writer finds the queue when it starts
+                pass
         return True
+
+    def _kick(self) -> None:
+        """Wake the writers of the links still holding messages at the end of the loop turn
+        in which they were sent. ``flush`` usually emptied them already, so most sends cost a
+        writer no wakeup at all."""
+        self._kick_due = False
+        for link in self._links.values():
+            if link.queue:
+                link.wakeup.set()
 
     def flush(self) -> None:
         """Write what is queued now instead of on the writers' next turn of the loop (the
