@@ -549,7 +549,8 @@ class RaftNode:
             return
         if not pr.on_append_success(m.match_index):
             return
-        self._maybe_commit()  # followers learn it with the next append (see _announce_commit)
+        if pr.match_index > self.log.commit_index:
+            self._maybe_commit()  # followers learn it with the next append (see _announce_commit)
         if self.role is Role.LEADER:  # (a leader whose removal committed stepped down)
             self._send_append(m.sender)
         if m.sender == self._transferee and pr.match_index == self.log.last_index():
@@ -571,6 +572,8 @@ class RaftNode:
             self._release_reads()
 
     def _maybe_commit(self) -> bool:
+        """Commit what a quorum holds. Called when a voter's match index moved past the commit
+        index: only such a move can let the commit index advance."""
         acked = {member: pr.match_index for member, pr in self.progress.items()}
         index = min(self._quorum.committed_index(acked), self.log.last_index())
         # Only entries of the current term are committed by counting replicas (Raft 5.4.2).
@@ -590,6 +593,8 @@ class RaftNode:
     def _send_append(self, to: NodeId, send_if_empty: bool = False) -> None:
         """Send what ``to`` is missing, as far as its progress allows (pipelined in REPLICATE)."""
         pr = self.progress[to]
+        if pr.next_index == self.log.last_index() + 1 and not send_if_empty:
+            return  # nothing to send (the common answer to an acknowledgement)
         while not pr.is_paused():
             prev_index = pr.next_index - 1
             prev_term = self.log.term(prev_index)
@@ -612,9 +617,14 @@ class RaftNode:
                     self.log.commit_index,
                 )
             )
+            last_sent = prev_index + len(entries)
             pr.commit_sent = self.log.commit_index
-            pr.sent_entries(prev_index + len(entries), len(entries))
-            if not entries or pr.state is not ProgressState.REPLICATE:
+            pr.sent_entries(last_sent, len(entries))
+            if (
+                not entries
+                or pr.state is not ProgressState.REPLICATE
+                or last_sent == self.log.last_index()
+            ):
                 return
             send_if_empty = False
 
@@ -875,16 +885,20 @@ class RaftNode:
         return pending.meta.index if pending else self.log.applied_index
 
     def has_ready(self) -> bool:
+        log, hard, soft = self.log, self._prev_hard, self._prev_soft
         return bool(
             self._msgs
             or self._read_states
             or self._broadcast_pending
             or self._forward
-            or self.log.pending_snapshot is not None
-            or self.log.stable_index < self.log.last_index()
-            or self.log.commit_index > self._apply_from()
-            or self.hard_state() != self._prev_hard
-            or SoftState(self.role, self.leader_id) != self._prev_soft
+            or log.pending_snapshot is not None
+            or log.stable_index < log.last_index()
+            or log.commit_index > self._apply_from()
+            or log.commit_index != hard.commit_index
+            or self.term != hard.term
+            or self.voted_for != hard.voted_for
+            or self.role is not soft.role
+            or self.leader_id != soft.leader_id
         )
 
     def ready(self) -> Ready:
@@ -929,7 +943,7 @@ class RaftNode:
             self.log.applied_index = ready.committed_entries[-1].index
         if self.role is Role.LEADER:
             own = self.progress[self.node_id]
-            if own.maybe_update(self.log.stable_index):
+            if own.maybe_update(self.log.stable_index) and own.match_index > self.log.commit_index:
                 self._maybe_commit()
 
 
