@@ -122,6 +122,7 @@ class Registry:
     def __init__(self, initial: Mapping[str, str]) -> None:
         self._members: dict[int, MemberInfo] = {}
         self._configured: set[int] = set()  # ids whose peer address this node was given
+        self.version = 0  # moves on every change, so readers can tell nothing changed
         for name, peer in initial.items():
             self._members[node_id_of(name)] = MemberInfo(name, peer)
             self._configured.add(node_id_of(name))
@@ -148,6 +149,7 @@ class Registry:
         """Record ``info`` as authoritative (the subject of a change this node proposes)."""
         self._members[info.node_id] = info
         self._shed(keep={info.node_id})
+        self.version += 1
 
     def learn_change(self, context: ChangeContext) -> None:
         for info in context.members:
@@ -159,6 +161,7 @@ class Registry:
             client = info.client or known.client
             self._members[info.node_id] = MemberInfo(info.name, peer, client, info.promote)
         self._shed(keep={m.node_id for m in context.members})
+        self.version += 1
 
     def learn_snapshot(self, members: Iterable[MemberInfo]) -> None:
         listed = tuple(members)
@@ -168,6 +171,7 @@ class Registry:
                 info = MemberInfo(info.name, known.peer, info.client or known.client, info.promote)
             self._members[info.node_id] = info
         self._shed(keep={m.node_id for m in listed})
+        self.version += 1
 
     def learn_record(self, record: ClientRecord) -> bool:
         """Record a member's published client URL; False when the member is unknown."""
@@ -176,6 +180,7 @@ class Registry:
         if known is None:
             return False
         self._members[node_id] = MemberInfo(known.name, known.peer, record.client, known.promote)
+        self.version += 1
         return True
 
     def _shed(self, keep: set[int]) -> None:

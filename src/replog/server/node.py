@@ -398,6 +398,7 @@ class Node:
         self._storage: NodeStorage | None = None
         self._transport: PeerTransport | None = None
         self._peers_wanted: dict[int, str] = {}
+        self._peers_basis: tuple[object, ...] = ()  # what _peers_wanted was computed from
         self._heard_at: dict[int, float] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
         # Snapshot images are encoded here, so neither the loop nor the fsyncs wait for them.
@@ -407,7 +408,7 @@ class Node:
         self._completions = Completions()
         self._inbox: list[Message] = []
         self._waiting = _Waiting()
-        self._applied = asyncio.Event()
+        self._applied: asyncio.Event | None = None  # made by the first waiter, set by an apply
         self._ids_counter = itertools.count(1)
         self._id_prefix = os.urandom(8)
         self._driver: asyncio.Task[None] | None = None
@@ -496,7 +497,7 @@ class Node:
             await self._transport.close()
         await self._completions.close()  # results already known reach their callers
         self._fail_all(NodeStopped(f"node {self.name} stopped"))
-        self._applied.set()
+        self._signal_applied()
         if self._storage is not None:
             storage, self._storage = self._storage, None
             await asyncio.get_running_loop().run_in_executor(self._io, storage.close)
@@ -617,7 +618,15 @@ class Node:
     async def applied_changed(self) -> None:
         """Return after the next batch of entries has been applied (or the node stops)."""
         self._check_running()
+        if self._applied is None:
+            self._applied = asyncio.Event()
         await self._applied.wait()
+
+    def _signal_applied(self) -> None:
+        """Wake the callers of ``applied_changed``; the next one makes a new event."""
+        applied, self._applied = self._applied, None
+        if applied is not None:
+            applied.set()
 
     async def transfer_leadership(self, to: str | None = None, timeout_s: float = 5.0) -> str:
         """Ask the leader (this node) to hand over to ``to`` or the most up-to-date voter;
@@ -990,7 +999,7 @@ class Node:
             self._failure = error
             self._stopping = True
             self._fail_all(NodeStopped(f"node {self.name} stopped: {error}"))
-            self._applied.set()
+            self._signal_applied()
 
     @property
     def _tick_s(self) -> float:
@@ -1009,6 +1018,8 @@ class Node:
         """Tick once per tick interval that has passed, measured against a monotonic clock."""
         now = time.monotonic()
         due = int((now - self._ticked_to) / self._tick_s)
+        if due <= 0:
+            return
         for _ in range(min(due, 10_000)):
             raft.tick()
         self._ticked_to += due * self._tick_s
@@ -1031,6 +1042,8 @@ class Node:
 
     def _hand_over_proposals(self, raft: RaftNode) -> None:
         waiting = self._waiting
+        if not waiting.proposals:
+            return
         kept: list[_Proposal] = []
         now = asyncio.get_running_loop().time()
         for proposal in waiting.proposals:
@@ -1057,6 +1070,8 @@ class Node:
 
     def _hand_over_reads(self, raft: RaftNode) -> None:
         waiting = self._waiting
+        if not waiting.reads and not waiting.reads_by_context:
+            return
         now = time.monotonic()
         reissue_s = 2 * self.options.election_timeout_ms / 1000
         for context, batch in list(waiting.reads_by_context.items()):
@@ -1095,11 +1110,14 @@ class Node:
         applied_early = not answers and _stored_before(ready)
         if applied_early:
             self._apply(ready)
-        if ready.must_sync():  # a commit-only change is not worth an fsync
+        synced = ready.must_sync()  # a commit-only change is not worth an fsync
+        if synced:
             await self._persist(storage, ready)
         for message in answers:
             transport.send(message)
         transport.flush()
+        if synced:
+            self._count_persist(ready)  # after the acknowledgements left
         if ready.snapshot is not None:
             self._restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
@@ -1133,6 +1151,8 @@ class Node:
         else:
             await asyncio.get_running_loop().run_in_executor(self._io, storage.save_ready, ready)
         self._last_persist_s = time.perf_counter() - started
+
+    def _count_persist(self, ready: Ready) -> None:
         self._fresh_log_bytes += sum(len(entry.data) for entry in ready.entries)
         self.metrics.fsync_seconds.observe(self._last_persist_s)
         if ready.entries:
@@ -1157,8 +1177,7 @@ class Node:
                     error = Unavailable("leadership changed before the write committed")
                     self._completions.exception(lost.waiter, error)
         if ready.committed_entries or ready.snapshot is not None:
-            self._applied.set()
-            self._applied = asyncio.Event()
+            self._signal_applied()
 
     def _apply_command(self, request_id: bytes, command: bytes) -> object:
         if not request_id.startswith(RECORD_PREFIX):
@@ -1212,6 +1231,10 @@ class Node:
         """Point the transport at the members in effect and the leader (whose addresses are
         known); removed members are dropped."""
         assert self._transport is not None
+        basis = (raft.membership, raft.leader_id, self._registry.version)
+        if basis == self._peers_basis:
+            return
+        self._peers_basis = basis
         ids = set(raft.membership.members())
         if raft.leader_id != NO_NODE:
             ids.add(raft.leader_id)
