@@ -42,6 +42,7 @@ IN_FLIGHT_MAX: Final = 4096
 # it at net.core.somaxconn.
 LISTEN_BACKLOG: Final = 4096
 _ENCODER = msgspec.msgpack.Encoder()
+_LENGTH_ROOM = bytes(protocol.LENGTH.size)  # replaced by the body's length once encoded
 
 
 class RpcServer:
@@ -120,7 +121,7 @@ class _Connection(asyncio.Protocol):
         self.greeted = False
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.out: list[bytes] = []
+        self.out = bytearray()  # frames to write at the end of this loop turn
         self.reading_paused = False
         self.writing_paused = False
 
@@ -253,12 +254,20 @@ class _Connection(asyncio.Protocol):
             return
         if not self.out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self.out.append(protocol.frame(_ENCODER.encode(message)))
+        self._add_frame(message)
+
+    def _add_frame(self, message: protocol.NodeMessage) -> None:
+        """Encode ``message`` as a frame at the end of ``out``, without a copy."""
+        out = self.out
+        start = len(out)
+        out += _LENGTH_ROOM
+        _ENCODER.encode_into(message, out, -1)
+        protocol.LENGTH.pack_into(out, start, len(out) - start - protocol.LENGTH.size)
 
     def _flush(self) -> None:
-        out, self.out = self.out, []
+        out, self.out = self.out, bytearray()
         if self.transport is not None and out:
-            self.transport.write(b"".join(out))
+            self.transport.write(out)
 
     def _pace(self) -> None:
         """Stop reading while too much is in flight or the send buffer is full."""
@@ -275,8 +284,7 @@ class _Connection(asyncio.Protocol):
     def _fail_and_close(self, code: str, message: str) -> None:
         if self.transport is None:
             return
-        failure = protocol.Failure(0, code, message, self.server.header())
-        self.out.append(protocol.frame(_ENCODER.encode(failure)))
+        self._add_frame(protocol.Failure(0, code, message, self.server.header()))
         self._flush()
         self.close()
 
