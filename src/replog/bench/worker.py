@@ -260,7 +260,12 @@ async def run_job(job: Job, wait_for_go: bool = True) -> dict[str, Any]:
 
 def main() -> None:
     job = Job.from_json(json.loads(sys.stdin.readline()))
-    result = asyncio.run(run_job(job))
+    try:
+        import uvloop  # the faster loop when installed, as on the nodes
+    except ImportError:
+        result = asyncio.run(run_job(job))
+    else:
+        result = uvloop.run(run_job(job))
     _emit({"result": result})
 
 
