@@ -9,7 +9,8 @@ future kept in a dict under that id. Many calls are in flight at once; answers c
 completion order and the reader (an ``asyncio.Protocol`` cutting frames with ``FrameReader`` and
 decoding them with the module-level msgspec decoder) resolves each future by its id. No task,
 timer or log line is made per request: requests queued during one event-loop turn are encoded
-into one buffer and leave in one ``transport.write`` scheduled with ``loop.call_soon``, and a
+into one buffer and leave in one ``transport.write`` scheduled with ``loop.call_soon`` (a
+request on a connection with nothing else in flight leaves at once), and a
 single sweeper per connection (every ``timeout_s / 10``, at most 0.1 s) expires the requests
 older than ``timeout_s``; all requests of a connection share that timeout, so ids in insertion
 order are also deadlines in order and the sweep stops at the first one not yet due.
@@ -181,7 +182,8 @@ class _Connection(asyncio.Protocol):
     # -- outgoing ---------------------------------------------------------------------------
 
     def send(self, message: protocol.ClientMessage) -> None:
-        """Queue one frame; the queue leaves in one write at the end of this loop turn."""
+        """Queue one frame; the queue leaves in one write at the end of this loop turn (or
+        before, see ``submit``)."""
         out = self._out
         start = len(out)
         out += _HEADER_ZEROS
@@ -208,10 +210,13 @@ class _Connection(asyncio.Protocol):
             message_ = f"the request is {size} bytes encoded, over the node's limit of {limit}"
             future.set_result(Failure(message.id, "too_large", message_))
             return future
+        idle = not self.pending
         self.pending[message.id] = (future, self.loop.time() + self.timeout_s)
         self._queued_through = message.id
         if self._sweep is None:
             self._sweep = self.loop.call_later(self.sweep_s, self._expire)
+        if idle:
+            self._flush()  # a lone request leaves now; those of a busy connection batch
         return future
 
     def _flush(self) -> None:
