@@ -9,7 +9,8 @@ both protocols check, propose, read and fail alike, with the same error codes. A
 callback on the node's future (no task per write); a read runs as a task.
 
 Answers are queued on the connection and leave together once per turn of the event loop: the
-answers that one commit completes cost one ``write`` call, not one each.
+answers that one commit completes cost one ``write`` call, not one each. The answer to a
+connection's only request in flight leaves at once: nothing could join it.
 
 Bounds: a connection holds at most ``IN_FLIGHT_MAX`` requests; at that point, or while the
 socket's send buffer is over its high-water mark, the node stops reading from it until answers
@@ -253,6 +254,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is None:
             return
         if not self.out:
+            if self.in_flight == 0:  # nothing else to answer soon: no reason to wait
+                self._add_frame(message)
+                self._flush()
+                return
             asyncio.get_running_loop().call_soon(self._flush)
         self._add_frame(message)
 
