@@ -246,11 +246,11 @@ def bench(**options: Any) -> None:
     """Load a cluster with many concurrent clients and report throughput and latency.
 
     Clients are spread over several generator processes, each running asyncio (on uvloop when
-    it is installed) with persistent HTTP/1.1 connections (one request in flight per client: aiohttp has no HTTP pipelining, so
-    concurrency comes from many keep-alive connections). With --protocol rpc the clients of a
-    process share a few connections of the binary protocol instead, with many requests in flight
-    on each. Latency percentiles come from a log-linear histogram (within about 1%); the
-    generator's own CPU use is reported.
+    it is installed) with persistent HTTP/1.1 connections (one request in flight per client:
+    aiohttp has no HTTP pipelining, so concurrency comes from many keep-alive connections). With
+    --protocol rpc the clients of a process share a few connections of the binary protocol
+    instead, with many requests in flight on each. Latency percentiles come from a log-linear
+    histogram (within about 1%); the generator's own CPU use is reported.
     """
     config = _config(options)
     output = options["output"] or click.get_current_context().meta.get(_GROUP_OUTPUT) or "table"
