@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replog.errors import Unavailable, UnknownOutcome
+from replog.server import node as node_module
 from replog.server.node import Node, NodeOptions, NodeStopped, _Deadlines
 from replog.testing.machines import Register
 from replog.testing.processes import free_ports
@@ -61,6 +62,17 @@ async def test_a_write_through_any_node_applies_everywhere(cluster: list[Node]) 
     for node in cluster:
         assert await node.wait_applied(lambda node=node: len(machine(node).items) == 2, 3)
         assert machine(node).items == [b"a", b"b"]
+
+
+async def test_a_follower_yields_the_cpu_after_each_acknowledgement(
+    cluster: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yields: list[None] = []
+    monkeypatch.setattr(node_module, "yield_cpu", lambda: yields.append(None))
+    leader = await leader_of(cluster)
+    for i in range(10):
+        await leader.propose(b"w%d" % i)
+    assert len(yields) >= 10  # at least one follower acknowledged every write
 
 
 async def test_read_barrier_on_a_follower_sees_acknowledged_writes(cluster: list[Node]) -> None:
