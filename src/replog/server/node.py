@@ -9,16 +9,16 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
    says, so a stalled loop never makes time run slow for the lease), hands over the waiting
    proposals and read requests (all reads of one round share one ReadIndex);
 2. while the core has a Ready: sends the leader's appends and heartbeats, persists it (one
-   write + one fsync, on a storage thread, so the loop keeps accepting requests that batch
-   into the next Ready; skipped when only the commit index changed), sends the other
-   messages (then yields the CPU: the leader waiting for an acknowledgement should not wait
-   for a core while this node applies), restores a snapshot if it carries one, applies the committed entries in order,
-   serves the read states whose index is applied, and calls ``advance``: the Ready contract
-   of the core. Committed entries that an earlier Ready already stored are applied before
-   this Ready's fsync instead (they are durable here and on a quorum), so their callers do
-   not wait for the next batch's fsync. Callers get their results through ``Completions``, a
-   slice per turn of the loop, so a large batch of commits cannot hold back the timer (and
-   the heartbeats);
+   write + one fsync, on a storage thread, so the loop keeps accepting requests that batch into
+   the next Ready; skipped when only the commit index changed), sends the other messages (then
+   yields the CPU: the leader waiting for an acknowledgement should not wait for a core while
+   this node applies), restores a snapshot if it carries one, applies the committed entries in
+   order, serves the read states whose index is applied, and calls ``advance``: the Ready
+   contract of the core. Committed entries that an earlier Ready already stored are applied
+   before this Ready's fsync instead (they are durable here and on a quorum), so their callers
+   do not wait for the next batch's fsync. Callers get their results through ``Completions``, a
+   slice per turn of the loop, so a large batch of commits cannot hold back the timer (and the
+   heartbeats);
 3. when the ``SnapshotPolicy`` says so, captures the state machine (cheaply, between two
    applies) and encodes and writes the snapshot in the background; a later round compacts the
    core's log once it is stored. The driver never waits for a snapshot.
