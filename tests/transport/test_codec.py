@@ -35,6 +35,7 @@ from replog.transport.codec import (
     Ping,
     Pong,
     _AppendEntries,
+    _AppendEntriesResponse,
     decode_hello,
     decode_inbound,
     decode_pong,
@@ -119,11 +120,35 @@ def test_append_entries_take_a_short_cut_to_the_bytes_of_their_schema(m: AppendE
     assert encode_message(m) == msgspec.msgpack.encode(wire)
 
 
+responses = st.builds(AppendEntriesResponse, u63, u63, u63, st.booleans(), u63, u63, u63, u63)
+
+
+@given(responses)
+def test_append_responses_take_a_short_cut_to_the_bytes_of_their_schema(
+    m: AppendEntriesResponse,
+) -> None:
+    wire = msgspec.convert(m, _AppendEntriesResponse, from_attributes=True)
+    assert encode_message(m) == msgspec.msgpack.encode(wire)
+    assert decode_message(encode_message(m)) == m
+
+
+@pytest.mark.parametrize(
+    "change", [{"term": -1}, {"match_index": U63_MAX + 1}, {"hint_term": 1.0}, {"success": 1}]
+)
+def test_append_responses_out_of_range_are_refused_on_the_way_out(
+    change: dict[str, object],
+) -> None:
+    m = dataclasses.replace(AppendEntriesResponse(1, 2, 1, True, 3), **change)  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match="AppendEntriesResponse"):
+        encode_message(m)
+
+
 @pytest.mark.parametrize(
     "change",
     [
         {"term": -1},
         {"leader_commit": U63_MAX + 1},
+        {"prev_log_term": 2.0},
         {"entries": (Entry(1, -1),)},
         {"entries": (Entry(1, 1), Entry(U63_MAX + 1, 1))},
         {"prev_log_index": "7"},

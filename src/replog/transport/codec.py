@@ -332,6 +332,8 @@ def encode_message(m: Message) -> bytes:
     """The body of one message (no length prefix). Raises CodecError on a value out of range."""
     if type(m) is AppendEntries:
         return _encode_append(m)
+    if type(m) is AppendEntriesResponse:
+        return _encode_append_response(m)
     try:
         wire = msgspec.convert(m, _WIRE_OF[type(m)], from_attributes=True)
     except KeyError:
@@ -343,6 +345,7 @@ def encode_message(m: Message) -> bytes:
 
 _U63_MAX: Final = (1 << 63) - 1
 _APPEND_TAG: Final = _AppendEntries.__struct_config__.tag
+_APPEND_RESPONSE_TAG: Final = _AppendEntriesResponse.__struct_config__.tag
 
 
 def _encode_append(m: AppendEntries) -> bytes:
@@ -355,15 +358,33 @@ def _encode_append(m: AppendEntries) -> bytes:
     if entries:
         first, last = entries[0], entries[-1]
         ints += (first.index, first.term, last.index, last.term)
-    try:
-        valid = min(ints) >= 0 and max(ints) <= _U63_MAX and len(entries) <= SEQUENCE_ITEMS_MAX
-    except TypeError:
-        valid = False
+    valid = (
+        all(type(v) is int for v in ints)
+        and min(ints) >= 0
+        and max(ints) <= _U63_MAX
+        and len(entries) <= SEQUENCE_ITEMS_MAX
+    )
     if not valid:
         raise CodecError(f"cannot encode AppendEntries: a value is out of range in {m!r}")
     body = [(e.index, e.term, e.kind, e.data) for e in entries]
     header = (_APPEND_TAG, m.term, m.sender, m.receiver, m.prev_log_index, m.prev_log_term)
     return _ENCODER.encode((*header, body, m.leader_commit))
+
+
+def _encode_append_response(m: AppendEntriesResponse) -> bytes:
+    """The answer to every append, encoded from a tuple like ``_encode_append``."""
+    ints = (m.term, m.sender, m.receiver, m.match_index, m.reject_index, m.hint_index, m.hint_term)
+    valid = (
+        all(type(v) is int for v in ints)
+        and min(ints) >= 0
+        and max(ints) <= _U63_MAX
+        and type(m.success) is bool
+    )
+    if not valid:
+        raise CodecError(f"cannot encode AppendEntriesResponse: a value is out of range in {m!r}")
+    return _ENCODER.encode(
+        (_APPEND_RESPONSE_TAG, m.term, m.sender, m.receiver, m.success, *ints[3:])
+    )
 
 
 def encode_control(frame: Hello | Ping | Pong | SnapshotHeader | SnapshotAck) -> bytes:
