@@ -1,7 +1,11 @@
 """Side-by-side: the same workloads against replog, etcd and PySyncObj, in one run.
 
 Each system runs alone (started, measured, stopped; never two at once), 3 members on loopback,
-and is driven by each of its clients in turn:
+and is driven by each of its clients in turn. With ``--rounds N`` (N > 1) every system is
+started first and stays up, idle while the others are measured, and the workloads interleave:
+each round runs every case on every system back to back (the systems' order reverses every
+other round), so a machine whose speed drifts over minutes favours none of them; each cell of
+the table is then the round with the median throughput, and the JSON keeps every round:
 
 * replog: ``replog serve`` x3, default timing, fsync on every Ready batch; driven by
   ``replog bench`` over the binary protocol (``rpc``, the Python ``RpcClient``) and over HTTP;
@@ -26,11 +30,13 @@ everything as one JSON document; ``--save FILE`` also writes it to a file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,6 +213,49 @@ def measure(
     return results
 
 
+def measure_interleaved(
+    systems: dict[str, Any], all_cases: list[Case], args: argparse.Namespace
+) -> tuple[dict[str, dict[str, dict[str, Result]]], dict[str, Any]]:
+    """``--rounds``: every case on every system back to back, round after round. Returns the
+    median round of each cell and every round's results."""
+    clients = {name: clients_of(name, args) for name in systems}
+    rounds: dict[str, dict[str, dict[str, list[Result]]]] = {
+        name: {client: {case.name: [] for case in all_cases} for client in clients[name]}
+        for name in systems
+    }
+    for r in range(args.rounds):
+        order = list(systems) if r % 2 == 0 else list(reversed(systems))
+        for case in all_cases:
+            for name in order:
+                for client in clients[name]:
+                    result = run_case(systems[name], client, case, args)
+                    rounds[name][client][case.name].append(result)
+                    print(
+                        f"  round {r + 1} {name:9} {client:7} {case.name:9} "
+                        f"{result['throughput_ops_s']:10,.1f} ops/s  "
+                        f"p50 {result['p50_ms']:8.2f} ms  errors {result['errors']}",
+                        file=sys.stderr,
+                    )
+    medians = {
+        name: {
+            client: {case: _median_round(runs) for case, runs in by_case.items()}
+            for client, by_case in by_client.items()
+        }
+        for name, by_client in rounds.items()
+    }
+    return medians, rounds
+
+
+def _median_round(runs: list[Result]) -> Result:
+    """The run whose throughput is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["throughput_ops_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds_ops_s"] = [round(r["throughput_ops_s"], 1) for r in runs]
+    chosen["rounds_p50_ms"] = [r["p50_ms"] for r in runs]
+    chosen["median_p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+    return chosen
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -269,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--etcdctl-load", choices=["s", "m", "l", "none"], default="s")
     parser.add_argument("--pysyncobj-batch", action="store_true",
                         help="PySyncObj's default batched appends (100 ms period)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="N > 1: all systems up together, cases interleaved")  # fmt: skip
     parser.add_argument("--output", choices=["table", "json"], default="table")
     parser.add_argument("--save", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -280,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -289,8 +342,19 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, dict[str, Result]]] = {}
     described: dict[str, str] = {}
     etcdctl: dict[str, Any] | None = None
+    every_round: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="replog-compare-") as tmp:
-        for name in args.systems:
+        if args.rounds > 1:
+            with contextlib.ExitStack() as stack:
+                systems: dict[str, Any] = {}
+                for name in args.systems:
+                    print(f"{name}: starting", file=sys.stderr)
+                    systems[name] = stack.enter_context(make_system(name, Path(tmp), args))
+                    described[name] = systems[name].describe()
+                results, every_round = measure_interleaved(systems, all_cases, args)
+                if "etcd" in systems and args.etcdctl_load != "none":
+                    etcdctl = run_etcdctl_check_perf(systems["etcd"].endpoints, args.etcdctl_load)
+        for name in args.systems if args.rounds == 1 else ():
             print(f"{name}: starting", file=sys.stderr)
             with make_system(name, Path(tmp), args) as system:
                 described[name] = system.describe()
@@ -305,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         "systems": described,
         "cases": {c.name: c.label for c in all_cases},
         "results": results,
+        "rounds": every_round,
         "etcdctl_check_perf": etcdctl,
     }
     if args.save is not None:
