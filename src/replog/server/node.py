@@ -116,7 +116,6 @@ DEMOTE_WAIT_S = 2.0  # how long a removal waits for the demoted voter to hear of
 PUBLISH_RETRY_S = 0.5
 INLINE_PERSIST_ENTRIES_MAX = 64  # a Ready this small is persisted on the loop (see _persist)
 INLINE_PERSIST_SLOW_S = 0.005  # ... unless the last persist took longer than this
-
 # Request ids of node records (client URLs) start with this; ordinary ids start with 8 random
 # bytes per process, so a clash has odds of 2**-64.
 RECORD_PREFIX = b"\xffreplog\x00"
