@@ -353,15 +353,18 @@ def main(argv: list[str] | None = None) -> None:
                     described[name] = systems[name].describe()
                 results, every_round = measure_interleaved(systems, all_cases, args)
                 if "etcd" in systems and args.etcdctl_load != "none":
-                    etcdctl = run_etcdctl_check_perf(systems["etcd"].endpoints, args.etcdctl_load)
-        for name in args.systems if args.rounds == 1 else ():
-            print(f"{name}: starting", file=sys.stderr)
-            with make_system(name, Path(tmp), args) as system:
-                described[name] = system.describe()
-                results[name] = measure(system, name, all_cases, args)
-                if name == "etcd" and args.etcdctl_load != "none":
                     print(f"etcd: etcdctl check perf --load={args.etcdctl_load}", file=sys.stderr)
-                    etcdctl = run_etcdctl_check_perf(system.endpoints, args.etcdctl_load)
+                    etcdctl = run_etcdctl_check_perf(systems["etcd"].endpoints, args.etcdctl_load)
+        else:
+            for name in args.systems:
+                print(f"{name}: starting", file=sys.stderr)
+                with make_system(name, Path(tmp), args) as system:
+                    described[name] = system.describe()
+                    results[name] = measure(system, name, all_cases, args)
+                    if name == "etcd" and args.etcdctl_load != "none":
+                        load = args.etcdctl_load
+                        print(f"etcd: etcdctl check perf --load={load}", file=sys.stderr)
+                        etcdctl = run_etcdctl_check_perf(system.endpoints, load)
     document = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
