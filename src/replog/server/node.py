@@ -1125,11 +1125,11 @@ class Node:
         for message in answers:
             transport.send(message)
         transport.flush()
-        if answers and synced:
-            # The leader waits for this acknowledgement; what is left here (applying) is not
-            # urgent, so it should not take the CPU the leader may be waiting for.
-            yield_cpu()
         if synced:
+            if answers:
+                # The leader waits for this acknowledgement; what is left here (applying) is
+                # not urgent, so it should not take the CPU the leader may be waiting for.
+                yield_cpu()
             self._count_persist(ready)
         if ready.snapshot is not None:
             self._restore(ready.snapshot.data)
