@@ -7,15 +7,18 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from replog.core import NotLeader
 from replog.errors import UnknownOutcome
 from replog.server.config import ConfigError, load_config
 from replog.server.members import (
+    SNAPSHOT_MAGIC,
     ChangeContext,
     ClientRecord,
     MemberInfo,
+    NodeSnapshot,
     Registry,
     unwrap_snapshot,
     wrap_snapshot,
@@ -380,6 +383,17 @@ def test_node_snapshots_carry_the_registry_and_read_plain_ones() -> None:
     assert unwrap_snapshot(b"plain machine bytes") == ((), b"plain machine bytes")
     with pytest.raises(ValueError, match="damaged"):
         unwrap_snapshot(wrap_snapshot(members, b"state")[:-3])
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 1 << 20])
+def test_a_node_snapshot_has_the_bytes_of_one_encoding(size: int) -> None:
+    # Joined from pieces (so a large image is copied without holding the GIL), in the same
+    # format as ever: the bin header of every size class.
+    members = (MemberInfo("n1", "h:1", "http://h:2"), MemberInfo("n2", "h:3"))
+    machine = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = SNAPSHOT_MAGIC + msgspec.msgpack.encode(NodeSnapshot(members, machine))
+    assert wrap_snapshot(members, machine) == expected
+    assert unwrap_snapshot(expected) == (members, machine)
 
 
 # ---- the settings of joining ------------------------------------------------------------------

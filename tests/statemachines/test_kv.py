@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from replog.statemachines import (
@@ -34,8 +35,9 @@ from replog.statemachines import (
     decode_request,
     encode_request,
 )
+from replog.statemachines import kv as kv_module
 from replog.statemachines.commands import TxnOp
-from replog.statemachines.kv import prefix_end
+from replog.statemachines.kv import IMAGE_CHUNK_ITEMS, KVImage, encode_image, prefix_end
 
 
 def run(
@@ -589,10 +591,6 @@ def test_restore_refuses_garbage_and_keeps_the_state() -> None:
 
 
 def test_restore_refuses_an_inconsistent_image() -> None:
-    import msgspec
-
-    from replog.statemachines.kv import KVImage
-
     good = msgspec.msgpack.decode(busy_store().snapshot(), type=KVImage)
     kv = KeyValue(b"0", b"", 1, 1, 1)
     event = Event("put", KeyValue(b"x", b"", 1, 99, 1))
@@ -613,6 +611,40 @@ def test_restore_refuses_an_inconsistent_image() -> None:
         bad = msgspec.msgpack.encode(msgspec.structs.replace(good, **change))
         with pytest.raises(InvalidSnapshot):
             KVStore().restore(bad)
+
+
+def image_of(store: KVStore) -> KVImage:
+    return msgspec.msgpack.decode(store.snapshot(), type=KVImage)
+
+
+@pytest.mark.parametrize("items", [0, 1, 15, 16, 17, 4096, 4097, 65_535, 65_536])
+def test_a_chunked_image_has_the_bytes_of_one_encoding(items: int) -> None:
+    # Lists of each header size (fixarray, array 16, array 32) and chunk boundaries.
+    image = image_of(busy_store())
+    kvs = [KeyValue(b"k%08d" % i, b"v", 1, 1, 1) for i in range(items)]
+    image = msgspec.structs.replace(image, kvs=kvs, revision=max(image.revision, 1))
+    for chunk_items in (1, 16, 4096):
+        assert encode_image(image, chunk_items) == msgspec.msgpack.encode(image)
+
+
+def test_a_snapshot_is_encoded_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each encoding call holds the GIL; none may cover more than IMAGE_CHUNK_ITEMS items, so
+    # a large snapshot encoded on another thread never stalls the event loop for long.
+    store = KVStore()
+    for i in range(3 * IMAGE_CHUNK_ITEMS):
+        put(store, b"k%06d" % i)
+    expected = msgspec.msgpack.encode(image_of(store))
+    sizes: list[int] = []
+
+    class Recording:
+        def encode(self, value: object) -> bytes:
+            sizes.append(len(value) if isinstance(value, list) else 1)
+            return msgspec.msgpack.encode(value)
+
+    monkeypatch.setattr(kv_module, "_image_encoder", Recording())
+    assert store.snapshot() == expected
+    assert max(sizes) == IMAGE_CHUNK_ITEMS
+    assert sum(sizes) >= 3 * IMAGE_CHUNK_ITEMS
 
 
 def test_a_snapshot_holds_each_current_value_once() -> None:

@@ -75,6 +75,7 @@ _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 IMAGE_FORMAT = 1
+IMAGE_CHUNK_ITEMS = 4096  # items per encoding call when a snapshot image is encoded
 FINGERPRINT_BYTES = 16
 _PUT_CURRENT = "put="  # in an image: a put event whose kv is the key's current one
 _ENTRY_OVERHEAD_BYTES = 64  # a rough in-memory cost of one table entry beyond its bytes
@@ -115,6 +116,41 @@ class KVImage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _image_decoder = msgspec.msgpack.Decoder(KVImage)
+_image_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_image(image: KVImage, chunk_items: int = IMAGE_CHUNK_ITEMS) -> bytes:
+    """``msgspec.msgpack.encode(image)``, byte for byte, made of many short encodings.
+
+    One encoding of a large image would hold the GIL for all of it (hundreds of milliseconds
+    for a million keys), stalling the event loop while a snapshot is encoded on another
+    thread. Here each list is encoded ``chunk_items`` items at a time, so the GIL can change
+    hands between chunks, and the pieces are joined by ``bytes.join``, which copies without
+    holding it."""
+    fields = KVImage.__struct_fields__
+    assert len(fields) < 16, "a fixmap header"
+    pieces = [bytes([0x80 | len(fields)])]
+    for name in fields:
+        pieces.append(_image_encoder.encode(name))
+        value = getattr(image, name)
+        if type(value) is not list:
+            pieces.append(_image_encoder.encode(value))
+            continue
+        pieces.append(_array_header(len(value)))
+        for start in range(0, len(value), chunk_items):
+            chunk = value[start : start + chunk_items]
+            encoded = _image_encoder.encode(chunk)  # its own array header, then the items
+            pieces.append(encoded[len(_array_header(len(chunk))) :])
+    return b"".join(pieces)
+
+
+def _array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` items (fixarray, array 16, array 32)."""
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
 
 
 class KVStore:
@@ -197,7 +233,7 @@ class KVStore:
                 idempotency=idempotency,
                 history=[_image_event(kvs, event) for event in history],
             )
-            return msgspec.msgpack.encode(image)
+            return encode_image(image)
 
         return encode
 
