@@ -106,6 +106,17 @@ def test_the_watch_history_is_invisible_to_the_cycle_collector() -> None:
     assert not any(gc.is_tracked(event) for event in store.events_since(0))
 
 
+def test_the_key_table_is_invisible_to_the_cycle_collector() -> None:
+    """A key-value refers to no container, so it can be in no cycle. Its type being outside
+    the collector keeps the dict of every key untracked too: with a million keys, a full
+    collection took 41 ms instead of 16."""
+    store = KVStore()
+    for i in range(100):
+        put(store, b"k%d" % i)
+    assert not gc.is_tracked(store.get(b"k1"))
+    assert not gc.is_tracked(store._kvs)  # white box: the table itself
+
+
 def test_delete_then_recreate_starts_a_new_life() -> None:
     store = KVStore()
     put(store, b"a", b"1")

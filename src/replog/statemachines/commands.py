@@ -124,7 +124,7 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # --- results ------------------------------------------------------------------------------
 
 
-class KeyValue(msgspec.Struct, frozen=True, array_like=True):
+class KeyValue(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A key's state. Encoded as an array (snapshots hold many of them)."""
 
     key: bytes
