@@ -33,7 +33,8 @@ from replog.core import NotLeader, ReplogError
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server.config import parse_address
 from replog.server.members import MemberInfo
-from replog.server.node import MembershipError, MemberStatus, Node, NodeOptions, OnDone
+from replog.server.membership import MembershipError, MemberStatus
+from replog.server.node import Node, NodeOptions, OnDone
 from replog.statemachines import (
     Compacted,
     Delete,

@@ -35,22 +35,14 @@ fails with ``UnknownOutcome``; one whose log slot was taken by another entry fai
 A storage failure (fsync error, disk full) stops the node: nothing of that Ready is sent or
 applied, and ``wait_stopped`` raises. Restarting recovers from what was made durable.
 
-Membership (Raft thesis 4.1, one server at a time). The leader's ``add_member``,
-``remove_member`` and ``promote_member`` propose a CONFIG entry whose context carries the member
-registry (``replog.server.members``); every node learns a new member's addresses from the entry
-as soon as it is in its log, which is also when its core starts using the new configuration, and
-points the transport at the members of the configuration in effect (plus the leader). The node
-snapshot wraps the state machine's bytes together with the registry. A new member joins as a
-learner; the leader promotes it to voter once its match index is within
-``CATCH_UP_LAG_ENTRIES`` of the leader's log and it answered recently (unless it asked to stay
-a learner, or ``auto_promote`` is off). Refusals, checked on the leader before proposing: a
-second change while one is uncommitted; a change after which the voters heard from recently
-would not form a quorum (unless forced); promoting a learner that has not caught up. A leader
-asked to remove itself first hands leadership to the most up-to-date voter, which then makes
-the change (``NotLeader`` tells the caller where to go). A node started with ``join`` begins
-with a configuration that does not contain it: it never campaigns and waits for the leader.
-Each member publishes its own client URL through the log once it is a member, so every node
-can reach every other's HTTP API.
+Membership. Changes are made by the leader, one server at a time (``membership.py``). Every
+node learns a new member's addresses from the CONFIG entry as soon as it is in its log, which
+is also when its core starts using the new configuration, and points the transport at the
+members of the configuration in effect (plus the leader). The node snapshot wraps the state
+machine's bytes together with the registry. A node started with ``join`` begins with a
+configuration that does not contain it: it never campaigns and waits for the leader. Each
+member publishes its own client URL through the log once it is a member, so every node can
+reach every other's HTTP API.
 """
 
 from __future__ import annotations
@@ -75,7 +67,6 @@ from replog.core import (
     EntryKind,
     Message,
     NotLeader,
-    ProposalDropped,
     ProposalError,
     RaftConfig,
     RaftNode,
@@ -88,18 +79,26 @@ from replog.core import (
 from replog.core.types import decode_config
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server.completions import Completions
-from replog.server.config import CLUSTER_MEMBERS_MAX, check_name, node_id_of, parse_address
+from replog.server.config import node_id_of, parse_address
 from replog.server.members import (
-    ChangeContext,
     ClientRecord,
     MemberInfo,
     Registry,
     decode_context,
     decode_record,
-    encode_context,
     encode_record,
     unwrap_snapshot,
     wrap_snapshot,
+)
+from replog.server.membership import (  # the errors of the membership methods, also from here
+    MemberExists,  # noqa: F401
+    MemberNotCaughtUp,  # noqa: F401
+    MemberNotFound,
+    MembershipChangePending,  # noqa: F401
+    MembershipChanges,
+    MembershipError,
+    MemberStatus,
+    WouldLoseQuorum,  # noqa: F401
 )
 from replog.server.metrics import Metrics
 from replog.statemachines.base import StateMachine
@@ -110,9 +109,6 @@ log = logging.getLogger("replog.node")
 
 REQUEST_ID_BYTES = 16
 INBOX_MESSAGES_MAX = 100_000
-CATCH_UP_LAG_ENTRIES = 100  # a member within this many entries of the leader has caught up
-PROMOTE_CHECK_S = 0.5  # how often a leader looks for learners to promote
-DEMOTE_WAIT_S = 2.0  # how long a removal waits for the demoted voter to hear of it
 PUBLISH_RETRY_S = 0.5
 INLINE_PERSIST_ENTRIES_MAX = 64  # a Ready this small is persisted on the loop (see _persist)
 INLINE_PERSIST_SLOW_S = 0.005  # ... unless the last persist took longer than this
@@ -123,39 +119,6 @@ RECORD_PREFIX = b"\xffreplog\x00"
 
 class NodeStopped(Unavailable):
     """The node has stopped (shut down, or stopped by a storage failure)."""
-
-
-class MembershipError(ReplogError):
-    """A membership request refused before anything was proposed; ``code`` and ``status`` are
-    its HTTP API error (docs/http-api.md)."""
-
-    code = "invalid_request"
-    status = 400
-
-
-class MemberNotFound(MembershipError):
-    code = "member_not_found"
-    status = 404
-
-
-class MemberExists(MembershipError):
-    code = "member_exists"
-    status = 409
-
-
-class MembershipChangePending(MembershipError):
-    code = "membership_change_pending"
-    status = 409
-
-
-class WouldLoseQuorum(MembershipError):
-    code = "would_lose_quorum"
-    status = 409
-
-
-class MemberNotCaughtUp(MembershipError):
-    code = "member_not_caught_up"
-    status = 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,23 +171,6 @@ class FollowerStatus:
     next_index: int
     lag: int
     state: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberStatus:
-    """One member as the leader sees it; ``caught_up``, ``match_index`` and ``lag`` are None
-    on a node that does not lead."""
-
-    name: str
-    node_id: int
-    peer: str
-    client: str
-    role: str  # voter | learner
-    is_leader: bool
-    promote: bool
-    caught_up: bool | None
-    match_index: int | None
-    lag: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +354,6 @@ class Node:
         self._transport: PeerTransport | None = None
         self._peers_wanted: dict[int, str] = {}
         self._peers_basis: tuple[object, ...] = ()  # what _peers_wanted was computed from
-        self._heard_at: dict[int, float] = {}
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
         # Snapshot images are encoded here, so neither the loop nor the fsyncs wait for them.
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"replog-snap-{name}")
@@ -425,7 +370,6 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self._ticked_to = 0.0
-        self._promote_checked_at = 0.0
         self._stopping = False
         self._failure: BaseException | None = None
         self._leader_seen = NO_NODE
@@ -436,6 +380,7 @@ class Node:
         self._fresh_log_bytes = 0  # entry bytes written since the last snapshot was started
         self._was_member = False
         self._leader_since = 0.0
+        self._membership = MembershipChanges(self)
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -669,31 +614,7 @@ class Node:
 
     def members(self) -> tuple[MemberStatus, ...]:
         """Every member of the configuration in effect, sorted by name."""
-        raft = self._core()
-        config = raft.membership
-        leading = raft.role is Role.LEADER
-        out: list[MemberStatus] = []
-        for node_id in config.members():
-            info = self._registry.get(node_id) or MemberInfo(str(node_id), "")
-            progress = raft.progress.get(node_id) if leading else None
-            match = raft.last_index if node_id == self.node_id else None
-            if progress is not None and node_id != self.node_id:
-                match = progress.match_index
-            out.append(
-                MemberStatus(
-                    name=info.name,
-                    node_id=node_id,
-                    peer=info.peer,
-                    client=info.client,
-                    role="voter" if config.is_voter(node_id) else "learner",
-                    is_leader=node_id == raft.leader_id,
-                    promote=info.promote,
-                    caught_up=self._caught_up(raft, node_id) if leading else None,
-                    match_index=match if leading else None,
-                    lag=raft.last_index - match if leading and match is not None else None,
-                )
-            )
-        return tuple(sorted(out, key=lambda m: m.name))
+        return self._membership.statuses()
 
     @property
     def membership_pending(self) -> bool:
@@ -709,198 +630,17 @@ class Node:
     ) -> MemberInfo:
         """Add ``name`` as a learner; unless ``learner``, the leader promotes it to voter once
         it has caught up. Adding a member again with the same addresses changes nothing."""
-        raft = self._leader_core()
-        info = _member_info(name, peer, client, promote=not learner)
-        node_id = info.node_id
-        config = raft.membership
-        known = self._registry.get(node_id)
-        if node_id in config.members():
-            if known is not None and (known.peer, known.client) == (info.peer, info.client):
-                return known
-            raise MemberExists(f"{name} is already a member (remove it first to re-add it)")
-        for other in self._registry.describe(config.members()):
-            if other.peer == info.peer:
-                raise MemberExists(f"peer address {info.peer} belongs to member {other.name}")
-        if known is not None and known.name != name:
-            raise MemberExists(f"{name} maps to the node id of {known.name}; choose another name")
-        if len(config.members()) >= CLUSTER_MEMBERS_MAX:
-            raise MembershipError(f"the cluster has {CLUSTER_MEMBERS_MAX} members, its limit")
-        self._check_no_change_pending(raft)
-        self._registry.put(info)
-        await self._change(raft, config.with_learner(node_id), info)
-        return info
+        return await self._membership.add(name, peer, client, learner=learner)
 
     async def remove_member(self, name: str, *, force: bool = False) -> MemberInfo:
         """Remove ``name``. Refused when the voters heard from recently would not form a quorum
         of the new configuration, unless ``force``. A leader removing itself hands leadership
         over first and raises ``NotLeader``: ask the new leader."""
-        raft = self._leader_core()
-        node_id = node_id_of(name)
-        config = raft.membership
-        if node_id not in config.members():
-            raise MemberNotFound(f"{name} is not a member of the cluster")
-        self._check_no_change_pending(raft)
-        new = config.without(node_id)
-        if not new.voters:
-            raise WouldLoseQuorum(f"{name} is the last voter; a cluster needs one")
-        if not force:
-            await self._check_quorum(raft, new, f"removing {name}")
-            raft = self._leader_core()
-            self._check_no_change_pending(raft)
-        if node_id == self.node_id:
-            new_leader = await self.transfer_leadership(None)
-            log.info("node %s handed leadership to %s to be removed", self.name, new_leader)
-            raise NotLeader(raft.leader_id)
-        info = self._registry.get(node_id) or MemberInfo(name, "")
-        if config.is_voter(node_id):
-            await self._demote(raft, node_id, info)
-            raft = self._leader_core()
-            self._check_no_change_pending(raft)
-        await self._change(raft, raft.membership.without(node_id), info)
-        return info
-
-    async def _demote(self, raft: RaftNode, node_id: int, info: MemberInfo) -> None:
-        """Make a voter a learner before removing it: as a learner it still receives the log,
-        so it learns that it no longer votes and stops campaigning (a removed voter would not
-        hear of its removal: the leader stops replicating to it at once)."""
-        demoted = raft.membership.without(node_id).with_learner(node_id)
-        staying = MemberInfo(info.name, info.peer, info.client, promote=False)
-        self._registry.put(staying)  # or the leader would promote it again
-        index = await self._change(raft, demoted, staying)
-        if not self._heard(node_id):
-            return  # down: there is no one to tell
-        deadline = time.monotonic() + DEMOTE_WAIT_S
-        silence_s = self.options.election_timeout_ms / 1000
-        while time.monotonic() < deadline and raft.role is Role.LEADER:
-            progress = raft.progress.get(node_id)
-            if progress is None or progress.match_index >= index:
-                return
-            if time.monotonic() - self._heard_at.get(node_id, 0.0) > silence_s:
-                return  # it stopped answering: down, or cut off
-            await asyncio.sleep(0.01)
+        return await self._membership.remove(name, force=force)
 
     async def promote_member(self, name: str) -> MemberInfo:
         """Make the learner ``name`` a voter; refused until it has caught up."""
-        raft = self._leader_core()
-        node_id = node_id_of(name)
-        config = raft.membership
-        if node_id not in config.members():
-            raise MemberNotFound(f"{name} is not a member of the cluster")
-        info = self._registry.get(node_id) or MemberInfo(name, "")
-        if config.is_voter(node_id):
-            return info
-        self._check_no_change_pending(raft)
-        if not self._caught_up(raft, node_id):
-            progress = raft.progress.get(node_id)
-            lag = raft.last_index - (progress.match_index if progress else 0)
-            raise MemberNotCaughtUp(
-                f"{name} is {lag} entries behind the leader (or has not answered recently); "
-                f"it can become a voter once within {CATCH_UP_LAG_ENTRIES}"
-            )
-        await self._check_quorum(raft, config.with_voter(node_id), f"promoting {name}")
-        raft = self._leader_core()
-        self._check_no_change_pending(raft)
-        await self._change(raft, raft.membership.with_voter(node_id), info)
-        return info
-
-    def _leader_core(self) -> RaftNode:
-        raft = self._core()
-        self._check_running()
-        if raft.role is not Role.LEADER:
-            raise NotLeader(raft.leader_id)
-        return raft
-
-    def _check_no_change_pending(self, raft: RaftNode) -> None:
-        if raft.membership_pending:
-            raise MembershipChangePending(
-                "another membership change is not committed yet; retry once it is"
-            )
-
-    async def _check_quorum(self, raft: RaftNode, config: Configuration, what: str) -> None:
-        """Refuse ``config`` unless a quorum of its voters answered recently. A leader that
-        took office less than one such window ago waits for that long before refusing: it
-        may not have heard from every voter yet."""
-        voters = config.voters
-        while True:
-            reachable = sorted(
-                self._registry.name_of(v) for v in voters if v == self.node_id or self._heard(v)
-            )
-            if len(reachable) > len(voters) // 2:
-                return
-            if time.monotonic() - self._leader_since > self._heard_window_s:
-                break
-            await asyncio.sleep(0.02)
-        raise WouldLoseQuorum(
-            f"{what} leaves {len(voters)} voters of which only {len(reachable)} answered "
-            f"recently ({', '.join(reachable) or 'none'}); a quorum needs "
-            f"{len(voters) // 2 + 1} (force it if you are sure)"
-        )
-
-    @property
-    def _heard_window_s(self) -> float:
-        return max(1.0, 3 * self.options.election_timeout_ms / 1000)
-
-    def _heard(self, node_id: int) -> bool:
-        return time.monotonic() - self._heard_at.get(node_id, -1e9) <= self._heard_window_s
-
-    def _caught_up(self, raft: RaftNode, node_id: int) -> bool:
-        if node_id == self.node_id:
-            return True
-        progress = raft.progress.get(node_id)
-        if progress is None or not self._heard(node_id):
-            return False
-        return raft.last_index - progress.match_index <= CATCH_UP_LAG_ENTRIES
-
-    async def _change(self, raft: RaftNode, config: Configuration, subject: MemberInfo) -> int:
-        """Propose ``config``, wait until it is applied here, and return its index."""
-        members = self._registry.describe(config.members())
-        context = encode_context(ChangeContext(subject.name, members))
-        term = raft.term
-        timeout_s = self.options.request_timeout_ms / 1000
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                index = raft.propose_membership(config, context)
-                break
-            except ProposalDropped as error:
-                if raft.membership_pending:
-                    raise MembershipChangePending(str(error)) from None
-                # A new leader first commits an entry of its term (or a transfer is running).
-                left_s = deadline - time.monotonic()
-                if raft.role is not Role.LEADER or raft.term != term or left_s <= 0:
-                    raise Unavailable(str(error)) from None
-                await self.wait_applied(lambda: False, min(left_s, 0.05))
-            except ProposalError as error:
-                raise Unavailable(str(error)) from None
-        self._wake.set()
-        log.info("node %s proposed membership change at %d: %s", self.name, index, subject.name)
-        if not await self.wait_applied(lambda: raft.applied_index >= index, timeout_s):
-            raise UnknownOutcome("the membership change did not commit in time; it may still apply")
-        entry = raft.entry(index)
-        if entry is not None and entry.term != term:
-            raise Unavailable("leadership changed before the membership change committed")
-        return index
-
-    def _maybe_promote_learners(self, raft: RaftNode) -> None:
-        """On the leader, about twice a second: promote one caught-up learner that wants it."""
-        now = time.monotonic()
-        if now - self._promote_checked_at < PROMOTE_CHECK_S:
-            return
-        self._promote_checked_at = now
-        if not self.auto_promote or raft.role is not Role.LEADER or raft.membership_pending:
-            return
-        for node_id in sorted(raft.membership.learners):
-            info = self._registry.get(node_id)
-            if info is None or not info.promote or not self._caught_up(raft, node_id):
-                continue
-            config = raft.membership.with_voter(node_id)
-            context = encode_context(
-                ChangeContext(info.name, self._registry.describe(config.members()))
-            )
-            with contextlib.suppress(ProposalError):
-                index = raft.propose_membership(config, context)
-                log.info("node %s promotes %s to voter (index %d)", self.name, info.name, index)
-            return
+        return await self._membership.promote(name)
 
     async def _publish_client_url(self) -> None:
         """Publish this node's client URL through the log once it is a member. An attempt
@@ -998,7 +738,7 @@ class Node:
                 self._run_ticks(raft)
                 self._hand_over_proposals(raft)
                 self._hand_over_reads(raft)
-                self._maybe_promote_learners(raft)
+                self._membership.maybe_promote_learners(raft)
                 while raft.has_ready() and not self._stopping:
                     await self._handle_ready(raft, raft.ready())
                 self._maybe_finish_snapshot(raft)
@@ -1034,7 +774,7 @@ class Node:
         self._ticked_to += due * self._tick_s
 
     def _on_message(self, message: Message) -> None:
-        self._heard_at[message.sender] = time.monotonic()
+        self._membership.heard_at[message.sender] = time.monotonic()
         if len(self._inbox) < INBOX_MESSAGES_MAX:
             self._inbox.append(message)
         else:
@@ -1412,17 +1152,6 @@ class Node:
             if not future.done():
                 future.set_exception(error)
         self._waiting = _Waiting()
-
-
-def _member_info(name: str, peer: str, client: str, *, promote: bool) -> MemberInfo:
-    """A new member's description, its addresses in their canonical spelling."""
-    try:
-        check_name(name)
-        peer_address = str(parse_address(peer, "peer"))
-        client_url = f"http://{parse_address(client, 'client')}"
-    except ValueError as error:
-        raise MembershipError(str(error)) from None
-    return MemberInfo(name, peer_address, client_url, promote)
 
 
 def _split_address(text: str) -> tuple[str, int]:
