@@ -658,6 +658,19 @@ def test_a_snapshot_is_encoded_in_chunks(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sum(sizes) >= 3 * IMAGE_CHUNK_ITEMS
 
 
+def test_a_background_encoding_rests_after_each_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the encoder thread, resting as long as each chunk took leaves the event loop at least
+    # half of the GIL; snapshot(), which the caller runs where it likes, never rests.
+    store = KVStore()
+    for i in range(2 * IMAGE_CHUNK_ITEMS + 1):
+        put(store, b"k%06d" % i)
+    rests: list[float] = []
+    monkeypatch.setattr(kv_module, "_rest", rests.append)
+    assert store.snapshot() == store.snapshot_encoder()()
+    assert len(rests) == 3 + 3  # keys, history (an event per put); the idempotency table is empty
+    assert all(rest >= 0 for rest in rests)
+
+
 def test_a_snapshot_holds_each_current_value_once() -> None:
     store = KVStore()
     for i in range(100):
