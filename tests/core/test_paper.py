@@ -114,6 +114,24 @@ def test_5_1_stale_term_message_rejected() -> None:
     assert (old.role, old.term) == (Role.FOLLOWER, 2)
 
 
+
+def test_5_1_stale_candidate_learns_the_term_from_a_refused_vote() -> None:
+    # Figure 2: a RequestVote with a stale term is answered "false" with the receiver's term,
+    # and the candidate adopts it. Unanswered, a candidate with the only log that can win could
+    # trail forever behind the terms of a voter whose short log keeps it campaigning (a 3-node
+    # simulation found such a cluster without a leader 2 s after its repair).
+    states = {1: persisted(3, 1, 1, 1), 2: persisted(3, 1, 1, 1), 3: persisted(5, 1)}
+    c = Cluster([1, 2, 3], states=states, **CLASSIC)
+    c.down = {2}
+    candidate = c.nodes[1]
+
+    candidate.campaign()
+    c.deliver()
+
+    [answer] = of_kind(c.sent, RequestVoteResponse)
+    assert (answer.sender, answer.term, answer.granted) == (3, 5, False)
+    assert (candidate.role, candidate.term) == (Role.FOLLOWER, 5)
+
 # ==== 5.2 Leader election ====================================================================
 
 

@@ -11,7 +11,8 @@ the ``random.Random`` passed in, so the same inputs always give the same outputs
 Rules and where they come from:
 
 * Terms (Raft 5.1): a message from a higher term makes the node a follower of that term; a
-  message from a lower term is ignored, or answered so that its stale sender steps down.
+  request from a lower term (append, heartbeat, snapshot, vote) is refused with the current
+  term, so that its stale sender steps down; a stale answer is ignored.
 * Election (5.2, 5.4.1): randomized timeouts in [T, 2T) ticks; one vote per term, made durable
   before the reply leaves (the Ready order); a vote only for a log at least as up to date.
   Pre-vote (thesis 9.6) asks first without raising terms, so a node that was cut off cannot
@@ -440,11 +441,13 @@ class RaftNode:
         return True
 
     def _answer_stale(self, m: Message) -> None:
-        """A message from an older term: tell a stale leader or pre-candidate our term."""
+        """A message from an older term: tell a stale leader or (pre-)candidate our term (Figure
+        2). A candidate left unanswered could trail forever behind the terms of a voter that
+        keeps campaigning with a log too short to win."""
         if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
             self._send(AppendEntriesResponse(self.term, self.node_id, m.sender, success=False))
-        elif isinstance(m, RequestVote) and m.pre_vote:
-            self._send(RequestVoteResponse(self.term, self.node_id, m.sender, False, True))
+        elif isinstance(m, RequestVote):
+            self._send(RequestVoteResponse(self.term, self.node_id, m.sender, False, m.pre_vote))
 
     def _dispatch(self, m: Message) -> None:
         if isinstance(m, RequestVote):
