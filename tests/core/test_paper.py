@@ -114,7 +114,6 @@ def test_5_1_stale_term_message_rejected() -> None:
     assert (old.role, old.term) == (Role.FOLLOWER, 2)
 
 
-
 def test_5_1_stale_candidate_learns_the_term_from_a_refused_vote() -> None:
     # Figure 2: a RequestVote with a stale term is answered "false" with the receiver's term,
     # and the candidate adopts it. Unanswered, a candidate with the only log that can win could
@@ -131,6 +130,7 @@ def test_5_1_stale_candidate_learns_the_term_from_a_refused_vote() -> None:
     [answer] = of_kind(c.sent, RequestVoteResponse)
     assert (answer.sender, answer.term, answer.granted) == (3, 5, False)
     assert (candidate.role, candidate.term) == (Role.FOLLOWER, 5)
+
 
 # ==== 5.2 Leader election ====================================================================
 
