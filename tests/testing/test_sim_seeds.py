@@ -85,7 +85,6 @@ def test_fixed_seeds_inject_every_kind_of_fault() -> None:
         assert total.linearizability["linearizable"] >= total.seeds * 0.95
 
 
-
 # Seeds that failed in runs beyond the fixed sets, replayed as ``replog sim`` runs them (WAL
 # store, disk faults): 47001473 left a repaired 3-node cluster without a leader, its one
 # electable candidate trailing the terms of a voter whose log was too short to win.
@@ -97,6 +96,7 @@ def test_seeds_found_by_longer_runs(seed: int, nodes: int) -> None:
     config = SimConfig(nodes=nodes, disk_faults=True)
     result = run_seed(seed, config, store_factory=WalStore)
     assert not result.failed, report(result, config)
+
 
 # ---- the real storage engine under the simulator -------------------------------------------
 
