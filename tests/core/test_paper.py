@@ -1157,6 +1157,19 @@ def test_proposal_forwarded_from_a_follower() -> None:
         assert c.data(node_id) == [b"a", b"via 3"]
 
 
+def test_forwarded_proposal_commit_reaches_its_follower_at_once() -> None:
+    # The follower's client waits for the commit index; an idle leader would otherwise only
+    # announce it with its next tick (a whole tick of latency for every forwarded write).
+    c, _ = committed_cluster(b"a")
+
+    c.nodes[3].propose(b"via 3")
+    c.deliver()  # no tick
+
+    assert c.nodes[3].commit_index == 3
+    assert c.data(3) == [b"a", b"via 3"]
+    assert c.data(2) == [b"a"]  # the other follower learns it from the next message, as before
+
+
 def test_proposal_without_a_known_leader_is_refused() -> None:
     c = Cluster([1, 2, 3])
     with pytest.raises(NotLeader) as refused:

@@ -63,6 +63,7 @@ class Inflights:
 class Progress:
     __slots__ = (
         "commit_sent",
+        "forwarded_index",
         "heartbeat_mark",
         "heartbeat_seq",
         "inflights",
@@ -79,6 +80,7 @@ class Progress:
         self.match_index = 0
         self.next_index = next_index
         self.commit_sent = 0  # the highest commit index an append or heartbeat carried
+        self.forwarded_index = 0  # the last entry this member forwarded, until it commits
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot_index = 0

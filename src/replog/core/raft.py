@@ -27,7 +27,8 @@ Rules and where they come from:
   entry is from the leader's current term; a new leader appends a no-op to get there.
   The leader counts itself only for what ``advance`` has confirmed as persisted. Followers
   learn a new commit index from the next append or heartbeat, or, from an idle leader, by
-  the next tick (``_announce_commit``): no message is sent for the commit index alone.
+  the next tick (``_announce_commit``): no message is sent for the commit index alone, except
+  to a follower whose forwarded proposals it commits (its clients are waiting for it).
 * Reads (thesis 6.4): ReadIndex with a heartbeat round (see ``readonly``); lease reads as an
   opt-in that trusts check-quorum plus a clock drift bound.
 
@@ -530,11 +531,14 @@ class RaftNode:
         elif isinstance(m, HeartbeatResponse):
             self._handle_heartbeat_response(m)
         elif isinstance(m, ForwardProposal):
+            pr = self.progress.get(m.sender)
             for data in m.data:
                 try:
-                    self.propose(data)
+                    index = self.propose(data)
                 except ReplogError:
                     return  # the follower's client times out and retries
+                if pr is not None and index is not None:
+                    pr.forwarded_index = index
         elif isinstance(m, ReadIndexRequest):
             self._start_read(m.context, m.sender)
 
@@ -588,10 +592,19 @@ class RaftNode:
         assert self._uncommitted_bytes >= 0
         self.log.commit_to(index)
         self._on_commit_in_term()
+        self._announce_forwarded_commits()
         if not self.membership.is_voter(self.node_id) and not self.membership_pending:
             # Our removal is committed: stop leading a cluster we are not part of (thesis 4.2.2).
             self._become_follower(self.term, NO_NODE)
         return True
+
+    def _announce_forwarded_commits(self) -> None:
+        """A member whose forwarded proposals just committed is told at once: its clients wait
+        for that commit index, which would otherwise come with the next tick."""
+        for member, pr in self.progress.items():
+            if pr.forwarded_index and pr.forwarded_index <= self.log.commit_index:
+                pr.forwarded_index = 0
+                self._announce_commit_to(member)
 
     def _send_append(self, to: NodeId, send_if_empty: bool = False) -> None:
         """Send what ``to`` is missing, as far as its progress allows (pipelined in REPLICATE)."""
