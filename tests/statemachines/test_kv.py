@@ -37,7 +37,13 @@ from replog.statemachines import (
 )
 from replog.statemachines import kv as kv_module
 from replog.statemachines.commands import TxnOp
-from replog.statemachines.kv import IMAGE_CHUNK_ITEMS, KVImage, encode_image, prefix_end
+from replog.statemachines.kv import (
+    IMAGE_CHUNK_BYTES,
+    IMAGE_CHUNK_ITEMS,
+    KVImage,
+    encode_image,
+    prefix_end,
+)
 
 
 def run(
@@ -658,6 +664,35 @@ def test_a_snapshot_is_encoded_in_chunks(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sum(sizes) >= 3 * IMAGE_CHUNK_ITEMS
 
 
+def test_a_chunk_of_large_values_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4,096 values of 64 KiB would be 256 MiB copied in one call, holding the GIL throughout.
+    store = KVStore()
+    for i in range(200):
+        put(store, b"k%03d" % i, bytes([i]) * 65536)
+    expected = msgspec.msgpack.encode(image_of(store))
+    sizes: list[int] = []
+
+    class Recording:
+        def encode(self, value: object) -> bytes:
+            encoded = msgspec.msgpack.encode(value)
+            sizes.append(len(encoded))
+            return encoded
+
+    monkeypatch.setattr(kv_module, "_image_encoder", Recording())
+    assert store.snapshot() == expected
+    assert max(sizes) <= IMAGE_CHUNK_BYTES + 65536 + 1024  # at most one item past the budget
+    assert sum(sizes) >= 200 * 65536
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 100, 5000, 1 << 20])
+def test_chunks_bounded_in_bytes_have_the_bytes_of_one_encoding(chunk_bytes: int) -> None:
+    store = busy_store()
+    for i in range(50):
+        put(store, b"v%02d" % i, b"x" * (i * 37))
+    image = image_of(store)
+    assert encode_image(image, chunk_bytes=chunk_bytes) == msgspec.msgpack.encode(image)
+
+
 def test_a_background_encoding_rests_after_each_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     # On the encoder thread, resting as long as each chunk took leaves the event loop at least
     # half of the GIL; snapshot(), which the caller runs where it likes, never rests.
@@ -665,9 +700,20 @@ def test_a_background_encoding_rests_after_each_chunk(monkeypatch: pytest.Monkey
     for i in range(2 * IMAGE_CHUNK_ITEMS + 1):
         put(store, b"k%06d" % i)
     rests: list[float] = []
+    chunks: list[int] = []
+
+    class Recording:
+        def encode(self, value: object) -> bytes:
+            if isinstance(value, list):
+                chunks.append(len(value))
+            return msgspec.msgpack.encode(value)
+
     monkeypatch.setattr(kv_module, "_rest", rests.append)
-    assert store.snapshot() == store.snapshot_encoder()()
-    assert len(rests) == 3 + 3  # keys, history (an event per put); the idempotency table is empty
+    unpaced = store.snapshot()
+    assert not rests
+    monkeypatch.setattr(kv_module, "_image_encoder", Recording())
+    assert store.snapshot_encoder()() == unpaced
+    assert len(rests) == len(chunks) > 2 * 2  # keys, history (an event per put)
     assert all(rest >= 0 for rest in rests)
 
 

@@ -34,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import operator
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import Any
 
 import msgspec
@@ -76,7 +77,8 @@ _COMPARE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 IMAGE_FORMAT = 1
-IMAGE_CHUNK_ITEMS = 4096  # items per encoding call when a snapshot image is encoded
+IMAGE_CHUNK_ITEMS = 4096  # items per encoding call when a snapshot image is encoded ...
+IMAGE_CHUNK_BYTES = 1 << 20  # ... and about this many key and value bytes at most
 FINGERPRINT_BYTES = 16
 _PUT_CURRENT = "put="  # in an image: a put event whose kv is the key's current one
 _ENTRY_OVERHEAD_BYTES = 64  # a rough in-memory cost of one table entry beyond its bytes
@@ -120,12 +122,18 @@ _image_decoder = msgspec.msgpack.Decoder(KVImage)
 _image_encoder = msgspec.msgpack.Encoder()
 
 
-def encode_image(image: KVImage, chunk_items: int = IMAGE_CHUNK_ITEMS, pace: bool = False) -> bytes:
+def encode_image(
+    image: KVImage,
+    chunk_items: int = IMAGE_CHUNK_ITEMS,
+    pace: bool = False,
+    chunk_bytes: int = IMAGE_CHUNK_BYTES,
+) -> bytes:
     """``msgspec.msgpack.encode(image)``, byte for byte, made of many short encodings.
 
     One encoding of a large image would hold the GIL for all of it (hundreds of milliseconds
     for a million keys), stalling the event loop while a snapshot is encoded on another
-    thread. Here each list is encoded ``chunk_items`` items at a time, so the GIL can change
+    thread. Here each list is encoded ``chunk_items`` items at a time, fewer when their keys
+    and values add up to more than ``chunk_bytes`` (large values), so the GIL can change
     hands between chunks, and the pieces are joined by ``bytes.join``, which copies without
     holding it. With ``pace`` (for a background thread), the encoding rests after each chunk
     for as long as the chunk took: it takes at most about half of the GIL, so the loop keeps
@@ -140,9 +148,8 @@ def encode_image(image: KVImage, chunk_items: int = IMAGE_CHUNK_ITEMS, pace: boo
             pieces.append(_image_encoder.encode(value))
             continue
         pieces.append(_array_header(len(value)))
-        for start in range(0, len(value), chunk_items):
+        for chunk in _chunks(value, _ITEM_BYTES[name], chunk_items, chunk_bytes):
             started = time.perf_counter()
-            chunk = value[start : start + chunk_items]
             encoded = _image_encoder.encode(chunk)  # its own array header, then the items
             pieces.append(encoded[len(_array_header(len(chunk))) :])
             if pace:
@@ -151,6 +158,37 @@ def encode_image(image: KVImage, chunk_items: int = IMAGE_CHUNK_ITEMS, pace: boo
 
 
 _rest = time.sleep  # releases the GIL while it waits
+
+
+def _chunks(
+    items: list[Any], item_bytes: Callable[[list[Any]], Iterable[int]], most: int, budget: int
+) -> Iterator[list[Any]]:
+    """``items`` in runs of at most ``most`` items whose ``item_bytes`` add up to at most
+    ``budget`` (a single item may exceed it). Sizes are measured a window at a time, the
+    window growing while whole windows fit: measuring a long list at once would itself hold
+    the GIL for long."""
+    start, window = 0, 16
+    while start < len(items):
+        candidates = items[start : start + min(window, most)]
+        taken = max(1, bisect_right(list(accumulate(item_bytes(candidates))), budget))
+        yield candidates if taken == len(candidates) else candidates[:taken]
+        start += taken
+        window = 2 * taken + 16
+
+
+_KEY, _VALUE = operator.attrgetter("key"), operator.attrgetter("value")
+_KV = operator.attrgetter("kv")
+
+
+def _kvs_bytes(kvs: list[KeyValue]) -> Iterable[int]:
+    return map(operator.add, map(len, map(_KEY, kvs)), map(len, map(_VALUE, kvs)))
+
+
+_ITEM_BYTES: dict[str, Callable[[list[Any]], Iterable[int]]] = {
+    "kvs": _kvs_bytes,
+    "history": lambda events: _kvs_bytes(list(map(_KV, events))),
+    "idempotency": lambda entries: map(entry_cost_bytes, entries),
+}
 
 
 def _array_header(length: int) -> bytes:
