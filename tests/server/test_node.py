@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server import node as node_module
 from replog.server.node import Node, NodeOptions, NodeStopped, _Deadlines
+from replog.storage.disk import OpenMode, OsDisk, OsFile
 from replog.testing.machines import Register
 from replog.testing.processes import free_ports
 
@@ -282,6 +284,62 @@ async def test_a_slow_snapshot_does_not_hold_up_replication(tmp_path: Path) -> N
                 await leader.propose(b"more")
         assert machine(leader).items[:200] == [b"%d" % i for i in range(200)]
     finally:
+        for node in nodes:
+            await node.stop(transfer=False)
+
+
+class _GatedFsync:
+    """A file whose fsync waits for ``gate`` (a stand-in for a disk busy with a large file)."""
+
+    def __init__(self, handle: OsFile, writing: threading.Event, gate: threading.Event) -> None:
+        self._handle = handle
+        self._writing = writing
+        self._gate = gate
+
+    def fsync(self) -> None:
+        self._writing.set()
+        assert self._gate.wait(10)
+        self._handle.fsync()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._handle, name)
+
+
+async def test_a_slow_snapshot_file_does_not_hold_up_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, gate = threading.Event(), threading.Event()
+
+    class SlowSnapshotFiles(OsDisk):
+        def open(self, path: str, mode: OpenMode) -> OsFile:
+            handle = super().open(path, mode)
+            if os.path.basename(path).startswith("snap-") and path.endswith(".tmp"):
+                return _GatedFsync(handle, writing, gate)  # type: ignore[return-value]
+            return handle
+
+    monkeypatch.setattr(node_module, "OsDisk", SlowSnapshotFiles)
+    options = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, snapshot_entries=50)
+    nodes = make_nodes(tmp_path, 3, options)
+    for node in nodes:
+        await node.start()
+    try:
+        leader = await leader_of(nodes)
+        for i in range(60):
+            await leader.propose(b"%d" % i)
+        assert await asyncio.to_thread(writing.wait, 5)
+        terms = {node.name: node.status().term for node in nodes}
+        async with asyncio.timeout(5):  # the snapshot files wait: the log is still written
+            for i in range(60, 200):
+                await leader.propose(b"%d" % i)
+        assert {node.name: node.status().term for node in nodes} == terms
+        assert leader.status().snapshot_index == 0
+        gate.set()
+        async with asyncio.timeout(5):
+            while leader.status().snapshot_index < 50:
+                await leader.propose(b"more")
+        assert machine(leader).items[:200] == [b"%d" % i for i in range(200)]
+    finally:
+        gate.set()
         for node in nodes:
             await node.stop(transfer=False)
 

@@ -173,6 +173,47 @@ def test_local_snapshot_compacts_whole_segments_and_restarts() -> None:
     assert view.snapshot == (250, 2, b"state at 250")
 
 
+def test_prepared_snapshot_is_renamed_into_place_while_batches_go_on() -> None:
+    disk = SimDisk(random.Random(16))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    prepared = storage.prepare_snapshot(snapshot)
+    assert os.path.basename(prepared).endswith(".tmp")
+    _fill(storage, model, 2)  # the log is written between the two steps
+    storage.save_snapshot(snapshot, keep_entries=20, prepared=prepared)
+    model.apply(TakeSnapshot(snapshot, 20))
+    assert not any(name.endswith(".tmp") for name in disk.list_dir(DIR))
+    view = _reopen(disk, storage).view()
+    assert view == model.view()
+    assert view.snapshot == (250, 2, b"state at 250")
+
+
+def test_a_crash_before_a_prepared_snapshot_is_saved_leaves_the_old_state() -> None:
+    disk = SimDisk(random.Random(17))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    storage.prepare_snapshot(Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250"))
+    view = _reopen(disk, storage).view()  # recovery removes the unused file
+    assert view == model.view()
+    assert view.snapshot is None
+    assert not any(name.endswith(".tmp") for name in disk.list_dir(DIR))
+
+
+def test_a_prepared_snapshot_overtaken_by_a_newer_one_is_removed() -> None:
+    disk = SimDisk(random.Random(18))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    older = Snapshot(SnapshotMeta(200, 2, CONFIG), b"state at 200")
+    prepared = storage.prepare_snapshot(older)
+    storage.save_snapshot(Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250"), 20)
+    storage.save_snapshot(older, 20, prepared)  # only used for compaction
+    names = disk.list_dir(DIR)
+    assert f"snap-{200:016x}-{2:016x}.snap" not in names
+    assert not any(name.endswith(".tmp") for name in names)
+    storage.close()
+
+
 def test_newest_two_snapshots_are_kept() -> None:
     disk = SimDisk(random.Random(7))
     storage, model = _open(disk)

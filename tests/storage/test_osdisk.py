@@ -10,6 +10,21 @@ import pytest
 
 from replog.core.types import Entry, EntryKind, HardState
 from replog.storage import DirectoryLocked, NodeStorage, OpenMode, OsDisk
+from replog.storage.disk import OsFile
+from replog.storage.layout import publish, write_temporary
+
+
+def test_a_large_temporary_file_is_synced_piece_by_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs: list[int] = []
+    monkeypatch.setattr(OsFile, "sync_data", lambda self: syncs.append(self.size()))
+    data = bytes(range(256)) * 40
+    path = write_temporary(OsDisk(), str(tmp_path), "big.tmp", [b"head", data], sync_every=4096)
+    assert syncs == [4 + 4096, 4 + 8192, 4 + len(data)]  # the small header is not split
+    publish(OsDisk(), path, "big")
+    assert (tmp_path / "big").read_bytes() == b"head" + data
+    assert [p.name for p in tmp_path.iterdir()] == ["big"]
 
 
 def test_file_operations(tmp_path: Path) -> None:

@@ -355,7 +355,8 @@ class Node:
         self._peers_wanted: dict[int, str] = {}
         self._peers_basis: tuple[object, ...] = ()  # what _peers_wanted was computed from
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"replog-io-{name}")
-        # Snapshot images are encoded here, so neither the loop nor the fsyncs wait for them.
+        # Snapshots are encoded and their files written here: neither the loop nor the log
+        # fsyncs wait for them.
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix=f"replog-snap-{name}")
         self._snapshotting: asyncio.Task[Snapshot] | None = None
         self._wake = asyncio.Event()
@@ -1077,11 +1078,17 @@ class Node:
     async def _write_snapshot(
         self, storage: NodeStorage, meta: SnapshotMeta, encode: Callable[[], bytes]
     ) -> Snapshot:
+        def encode_and_write() -> tuple[Snapshot, str]:
+            snapshot = Snapshot(meta, encode())
+            return snapshot, storage.prepare_snapshot(snapshot)
+
         loop = asyncio.get_running_loop()
         try:
-            snapshot = Snapshot(meta, await loop.run_in_executor(self._encoder, encode))
+            # The file is written and fsynced on the encoder's thread: a large one must not
+            # hold up the log's fsyncs on the storage thread, where only its rename happens.
+            snapshot, prepared = await loop.run_in_executor(self._encoder, encode_and_write)
             keep = self._snapshot_policy.keep_entries
-            await loop.run_in_executor(self._io, storage.save_snapshot, snapshot, keep)
+            await loop.run_in_executor(self._io, storage.save_snapshot, snapshot, keep, prepared)
             return snapshot
         finally:
             self._wake.set()  # the driver compacts the core's log (or stops on an error)

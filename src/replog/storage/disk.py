@@ -42,11 +42,11 @@ class DiskFile(Protocol):
 
     def size(self) -> int: ...
 
-    def append(self, data: bytes | bytearray) -> int:
+    def append(self, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at the end of the file; returns the offset it was written at."""
         ...
 
-    def write_at(self, offset: int, data: bytes | bytearray) -> None: ...
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
     def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -130,12 +130,12 @@ class OsFile:
     def size(self) -> int:
         return self._size
 
-    def append(self, data: bytes | bytearray) -> int:
+    def append(self, data: bytes | bytearray | memoryview) -> int:
         offset = self._size
         self.write_at(offset, data)
         return offset
 
-    def write_at(self, offset: int, data: bytes | bytearray) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         done = os.pwrite(self._fd, data, offset)
         if done < len(data):  # a short write: go on from where it stopped
             with memoryview(data) as view:

@@ -140,17 +140,40 @@ def read_file(disk: Disk, path: str, limit: int) -> bytes | None:
 
 def write_atomically(disk: Disk, directory: str, name: str, parts: list[bytes]) -> None:
     """tmp -> fsync -> rename -> fsync(dir): afterwards ``name`` holds ``parts``, durably."""
-    tmp = os.path.join(directory, name + TMP_SUFFIX)
-    if disk.exists(tmp):
-        disk.remove(tmp)
-    handle = disk.open(tmp, OpenMode.CREATE)
+    publish(disk, write_temporary(disk, directory, name + TMP_SUFFIX, parts), name)
+
+
+def write_temporary(
+    disk: Disk, directory: str, temporary: str, parts: list[bytes], sync_every: int = 0
+) -> str:
+    """Write ``parts`` to the file ``temporary`` (a name ending in ``.tmp``) and fsync it;
+    returns its path, for ``publish``. With ``sync_every``, the data is also synced after
+    each piece of that many bytes: a large file then never has much unwritten data, whose
+    flush would make every other fsync on the disk (the log's) wait behind it."""
+    assert temporary.endswith(TMP_SUFFIX)
+    path = os.path.join(directory, temporary)
+    if disk.exists(path):
+        disk.remove(path)
+    handle = disk.open(path, OpenMode.CREATE)
     try:
         for part in parts:
-            handle.append(part)
+            if not sync_every or len(part) <= sync_every:
+                handle.append(part)
+                continue
+            with memoryview(part) as view:
+                for start in range(0, len(view), sync_every):
+                    handle.append(view[start : start + sync_every])
+                    handle.sync_data()
         handle.fsync()
     finally:
         handle.close()
-    disk.rename(tmp, os.path.join(directory, name))
+    return path
+
+
+def publish(disk: Disk, path: str, name: str) -> None:
+    """Rename the durable temporary file at ``path`` to ``name`` in its directory, durably."""
+    directory = os.path.dirname(path)
+    disk.rename(path, os.path.join(directory, name))
     disk.fsync_dir(directory)
 
 

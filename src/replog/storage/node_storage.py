@@ -12,6 +12,12 @@ and after the application took a snapshot of its state machine:
 
     storage.save_snapshot(snapshot, keep_entries)                   # file, then compaction
 
+or, so that a large snapshot file does not hold up the batches meanwhile, the file first on
+another thread (it touches nothing the batches do), then only its rename with the batches:
+
+    prepared = storage.prepare_snapshot(snapshot)                   # write, fsync (any thread)
+    storage.save_snapshot(snapshot, keep_entries, prepared)         # rename, then compaction
+
 Order of a batch carrying a snapshot from the leader: the snapshot file is made durable
 first, then the WAL batch with the snapshot mark (the log restarts after the snapshot, as the
 core's own log does on restore), entries and hard state. A crash in between leaves a snapshot
@@ -21,7 +27,8 @@ and records the mark then.
 Failure is final (fsyncgate): once a write, fsync, rename or remove raised, the storage is
 *failed* and every later write raises ``StorageFailed``. The failed batch was not acknowledged;
 it may or may not be on disk, and recovery after a restart reads whichever it is: at worst an
-unfinished batch, which it cuts as a torn tail. Nothing is retried.
+unfinished batch, which it cuts as a torn tail. Nothing is retried. (A failed
+``prepare_snapshot`` leaves only a temporary file that is never used: the storage stays usable.)
 
 Bad calls (entries that do not continue the log, a hard state going back in term) are
 programmer errors and fail assertions; they are checked before anything is written.
@@ -40,6 +47,7 @@ from replog.storage.layout import (
     LOCK_NAME,
     Identity,
     SnapshotName,
+    publish,
     snapshot_name,
     write_meta,
 )
@@ -47,7 +55,12 @@ from replog.storage.logindex import LogIndex
 from replog.storage.record import NO_TERM, PART_BYTES_TARGET
 from replog.storage.recovery import Finding
 from replog.storage.replay import RecoveryPlan, plan_recovery
-from replog.storage.snapshot import SNAPSHOTS_KEPT, prune_snapshots, write_snapshot
+from replog.storage.snapshot import (
+    SNAPSHOTS_KEPT,
+    prepare_snapshot_file,
+    prune_snapshots,
+    write_snapshot,
+)
 from replog.storage.wal import SEGMENT_BYTES_DEFAULT, Segment, Wal
 
 DIRECTORY_DEPTH_MAX = 64
@@ -220,10 +233,24 @@ class NodeStorage:
         except OSError as error:
             raise self._fail(error) from error
 
-    def save_snapshot(self, snapshot: Snapshot, keep_entries: int = 0) -> None:
+    def prepare_snapshot(self, snapshot: Snapshot) -> str:
+        """Write the file of a snapshot the application took, fsynced, under a temporary name;
+        returns its path for ``save_snapshot``. This reads no other state of the storage, so
+        it may run on another thread while batches are saved: a large snapshot then does not
+        hold up the log. Raises ``StorageFailed`` (the storage itself stays usable)."""
+        self._check_usable()
+        try:
+            return prepare_snapshot_file(self.disk, self.directory, self.identity, snapshot)
+        except OSError as error:
+            raise StorageFailed(f"writing the snapshot file failed: {error}") from error
+
+    def save_snapshot(
+        self, snapshot: Snapshot, keep_entries: int = 0, prepared: str | None = None
+    ) -> None:
         """Store a snapshot the application took at ``snapshot.meta.index`` (at most its
         applied index), then delete WAL segments holding only entries at or below
-        ``index - keep_entries``. An older snapshot than the newest stored is only used
+        ``index - keep_entries``. ``prepared``: its file, from ``prepare_snapshot``, which is
+        then only renamed into place. An older snapshot than the newest stored is only used
         for compaction."""
         self._check_usable()
         meta = snapshot.meta
@@ -233,7 +260,9 @@ class NodeStorage:
         assert found in (meta.term, None, NO_TERM), "snapshot term differs from the log's"
         try:
             if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
-                self._store_snapshot(snapshot)
+                self._store_snapshot(snapshot, prepared)
+            elif prepared is not None:
+                self.disk.remove(prepared)
             self._wal.compact(meta.index - keep_entries)
         except OSError as error:
             raise self._fail(error) from error
@@ -281,10 +310,13 @@ class NodeStorage:
         assert hs.commit_index <= last, "commit index beyond the stored log"
         return mark
 
-    def _store_snapshot(self, snapshot: Snapshot) -> None:
+    def _store_snapshot(self, snapshot: Snapshot, prepared: str | None = None) -> None:
         meta = snapshot.meta
-        write_snapshot(self.disk, self.directory, self.identity, snapshot)
         name = SnapshotName(meta.index, meta.term, snapshot_name(meta.index, meta.term))
+        if prepared is None:
+            write_snapshot(self.disk, self.directory, self.identity, snapshot)
+        else:
+            publish(self.disk, prepared, name.name)
         known = [s for s in self._snapshots if s.name != name.name] + [name]
         if len(known) > self.options.snapshots_kept:
             known = prune_snapshots(self.disk, self.directory, known, self.options.snapshots_kept)

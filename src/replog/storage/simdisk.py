@@ -163,12 +163,12 @@ class SimFile:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF), self._path)
         return len(self._inode.data)
 
-    def append(self, data: bytes | bytearray) -> int:
+    def append(self, data: bytes | bytearray | memoryview) -> int:
         offset = len(self._inode.data)
         self.write_at(offset, data)
         return offset
 
-    def write_at(self, offset: int, data: bytes | bytearray) -> None:
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._enter(DiskOp.WRITE)
         grow = max(0, offset + len(data) - len(self._inode.data))
         error = self._disk.draw_fault(DiskOp.WRITE, self._path, grow)

@@ -9,11 +9,15 @@ stores bytes. One file per snapshot, ``snap-<index>-<term>.snap``:
     the data bytes, exactly as many as announced
 
 A file is written as ``.tmp``, fsynced, renamed into place and the directory fsynced, so a
-crash leaves either no file or a complete one. A file is trusted only if its header record
-passes its checksum, its name matches the header, the size is exact and the data checksum
-holds; otherwise it is reported as damaged and recovery falls back to the next older one
-(which is why the newest ``SNAPSHOTS_KEPT`` files are kept, not just one). Snapshot data is
-read whole into memory and bounded by ``snapshot_bytes_max``.
+crash leaves either no file or a complete one. A node's own snapshot can be written in two
+steps (``prepare_snapshot_file``, then the rename): the long write and fsync need no other
+storage state, so they run while the log is being written.
+
+A file is trusted only if its header record passes its checksum, its name matches the header,
+the size is exact and the data checksum holds; otherwise it is reported as damaged and
+recovery falls back to the next older one (which is why the newest ``SNAPSHOTS_KEPT`` files
+are kept, not just one). Snapshot data is read whole into memory and bounded by
+``snapshot_bytes_max``.
 
 ``SnapshotPolicy`` is consulted by the server (or the simulator) after applying entries: take
 a snapshot when enough entries were applied since the last one, or when the log holds too many
@@ -31,11 +35,13 @@ from replog.core.types import Configuration, Snapshot, SnapshotMeta
 from replog.storage.disk import Disk
 from replog.storage.errors import FormatTooNew
 from replog.storage.layout import (
+    TMP_SUFFIX,
     Identity,
     SnapshotName,
     read_file,
     snapshot_name,
     write_atomically,
+    write_temporary,
 )
 from replog.storage.record import (
     FORMAT_VERSION,
@@ -52,6 +58,8 @@ from replog.storage.record import (
 
 SNAPSHOTS_KEPT = 2
 SNAPSHOT_HEADER_BYTES_MAX = 1 << 20
+PREPARED_SUFFIX = ".local"  # a snapshot prepared off the storage thread: a name of its own
+PREPARED_SYNC_BYTES = 8 << 20  # ... written in pieces of this size, each synced
 
 
 def encode_snapshot_header(identity: Identity, snapshot: Snapshot) -> bytes:
@@ -81,6 +89,20 @@ def write_snapshot(disk: Disk, directory: str, identity: Identity, snapshot: Sna
     header = encode_snapshot_header(identity, snapshot)
     write_atomically(disk, directory, name, [header, snapshot.data])
     return name
+
+
+def prepare_snapshot_file(
+    disk: Disk, directory: str, identity: Identity, snapshot: Snapshot
+) -> str:
+    """The slow half of ``write_snapshot``: the file written and fsynced under a temporary
+        name of its own, whose path is returned (``publish`` gives it the snapshot's name). It
+    is synced piece by piece, so that the log's fsyncs meanwhile do not wait for all of it."""
+    meta = snapshot.meta
+    assert meta.index >= 1 and meta.term >= 1, "a snapshot covers at least one entry"
+    temporary = snapshot_name(meta.index, meta.term) + PREPARED_SUFFIX + TMP_SUFFIX
+    header = encode_snapshot_header(identity, snapshot)
+    parts = [header, snapshot.data]
+    return write_temporary(disk, directory, temporary, parts, PREPARED_SYNC_BYTES)
 
 
 def read_snapshot(
