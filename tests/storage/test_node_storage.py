@@ -214,6 +214,44 @@ def test_a_prepared_snapshot_overtaken_by_a_newer_one_is_removed() -> None:
     storage.close()
 
 
+def test_files_left_by_a_snapshot_are_removed_later_oldest_first() -> None:
+    disk = SimDisk(random.Random(19))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    storage.save_snapshot(Snapshot(SnapshotMeta(100, 2, CONFIG), b"state at 100"), 20)
+    storage.save_snapshot(Snapshot(SnapshotMeta(150, 2, CONFIG), b"state at 150"), 20)
+    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    segments_before = storage.segment_count
+    left = storage.save_snapshot(snapshot, 20, leave_files=True)
+    model.apply(TakeSnapshot(snapshot, 20))
+    assert storage.segment_count < segments_before
+    names = [os.path.basename(path) for path in left]
+    assert names[0] == f"snap-{100:016x}-{2:016x}.snap"
+    segments = names[1:]
+    assert segments and segments == sorted(segments) and all(n.startswith("wal-") for n in segments)
+    assert set(names) <= set(disk.list_dir(DIR))  # still there
+    _fill(storage, model, 2)  # batches go on meanwhile
+    storage.remove_files(left)
+    assert not set(names) & set(disk.list_dir(DIR))
+    assert _reopen(disk, storage).view() == model.view()
+
+
+def test_a_crash_before_left_files_are_removed_recovers_the_same_state() -> None:
+    disk = SimDisk(random.Random(20))
+    storage, model = _open(disk)
+    _fill(storage, model, 60)
+    storage.save_snapshot(Snapshot(SnapshotMeta(100, 2, CONFIG), b"state at 100"), 20)
+    storage.save_snapshot(Snapshot(SnapshotMeta(150, 2, CONFIG), b"state at 150"), 20)
+    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    left = storage.save_snapshot(snapshot, 20, leave_files=True)
+    model.apply(TakeSnapshot(snapshot, 20))
+    storage.remove_files(left[:2])  # a crash part way through the removals
+    _fill(storage, model, 2)
+    view = _reopen(disk, storage).view()
+    assert view == model.view()
+    assert view.snapshot == (250, 2, b"state at 250")
+
+
 def test_newest_two_snapshots_are_kept() -> None:
     disk = SimDisk(random.Random(7))
     storage, model = _open(disk)

@@ -1078,17 +1078,23 @@ class Node:
     async def _write_snapshot(
         self, storage: NodeStorage, meta: SnapshotMeta, encode: Callable[[], bytes]
     ) -> Snapshot:
+        keep = self._snapshot_policy.keep_entries
+
         def encode_and_write() -> tuple[Snapshot, str]:
             snapshot = Snapshot(meta, encode())
             return snapshot, storage.prepare_snapshot(snapshot)
 
+        def save(snapshot: Snapshot, prepared: str) -> list[str]:
+            return storage.save_snapshot(snapshot, keep, prepared, leave_files=True)
+
         loop = asyncio.get_running_loop()
         try:
-            # The file is written and fsynced on the encoder's thread: a large one must not
-            # hold up the log's fsyncs on the storage thread, where only its rename happens.
+            # Writing the file and removing the files it replaces (large ones take long) run on
+            # the encoder's thread, so they do not hold up the log's fsyncs on the storage
+            # thread, where only the rename and the bookkeeping happen.
             snapshot, prepared = await loop.run_in_executor(self._encoder, encode_and_write)
-            keep = self._snapshot_policy.keep_entries
-            await loop.run_in_executor(self._io, storage.save_snapshot, snapshot, keep, prepared)
+            obsolete = await loop.run_in_executor(self._io, save, snapshot, prepared)
+            await loop.run_in_executor(self._encoder, storage.remove_files, obsolete)
             return snapshot
         finally:
             self._wake.set()  # the driver compacts the core's log (or stops on an error)

@@ -36,6 +36,7 @@ programmer errors and fail assertions; they are checked before anything is writt
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from replog.storage.replay import RecoveryPlan, plan_recovery
 from replog.storage.snapshot import (
     SNAPSHOTS_KEPT,
     prepare_snapshot_file,
-    prune_snapshots,
+    split_snapshots,
     write_snapshot,
 )
 from replog.storage.wal import SEGMENT_BYTES_DEFAULT, Segment, Wal
@@ -225,11 +226,12 @@ class NodeStorage:
         hs = self._wal.hard_state if hard_state is None else hard_state
         mark = self._check_batch(hs, entries, snapshot)
         try:
-            if snapshot is not None:
-                self._store_snapshot(snapshot)
+            obsolete = self._store_snapshot(snapshot) if snapshot is not None else []
             self._wal.write_batch(hs, entries, mark)
             if snapshot is not None:
-                self._wal.compact(snapshot.meta.index)
+                removed = self._wal.compact(snapshot.meta.index)
+                obsolete += (os.path.join(self.directory, name) for name in removed)
+            self._remove(obsolete)
         except OSError as error:
             raise self._fail(error) from error
 
@@ -245,27 +247,50 @@ class NodeStorage:
             raise StorageFailed(f"writing the snapshot file failed: {error}") from error
 
     def save_snapshot(
-        self, snapshot: Snapshot, keep_entries: int = 0, prepared: str | None = None
-    ) -> None:
+        self,
+        snapshot: Snapshot,
+        keep_entries: int = 0,
+        prepared: str | None = None,
+        *,
+        leave_files: bool = False,
+    ) -> list[str]:
         """Store a snapshot the application took at ``snapshot.meta.index`` (at most its
         applied index), then delete WAL segments holding only entries at or below
         ``index - keep_entries``. ``prepared``: its file, from ``prepare_snapshot``, which is
         then only renamed into place. An older snapshot than the newest stored is only used
-        for compaction."""
+        for compaction. With ``leave_files``, the files this makes obsolete (WAL segments,
+        older snapshots) are only forgotten, and their paths returned for ``remove_files``
+        on another thread: removing large files takes long, and batches would wait for it.
+        Recovery ignores such files if they are still there after a crash."""
         self._check_usable()
         meta = snapshot.meta
         assert keep_entries >= 0
         assert meta.index <= self._wal.index.last_index, "local snapshots cover stored entries"
         found = self._wal.index.term(meta.index)
         assert found in (meta.term, None, NO_TERM), "snapshot term differs from the log's"
+        obsolete: list[str] = []
         try:
             if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
-                self._store_snapshot(snapshot, prepared)
+                obsolete += self._store_snapshot(snapshot, prepared)
             elif prepared is not None:
-                self.disk.remove(prepared)
-            self._wal.compact(meta.index - keep_entries)
+                obsolete.append(prepared)
+            removed = self._wal.compact(meta.index - keep_entries)
+            obsolete += (os.path.join(self.directory, name) for name in removed)
+            if not leave_files:
+                self._remove(obsolete)
+                return []
         except OSError as error:
             raise self._fail(error) from error
+        return obsolete
+
+    def remove_files(self, paths: Sequence[str]) -> None:
+        """Remove the files ``save_snapshot`` left, in order, each removal made durable before
+        the next (WAL segments go oldest first, so the log never has a gap). It touches no
+        state of the storage: any thread may call it. Raises ``StorageFailed``."""
+        try:
+            self._remove(paths)
+        except OSError as error:
+            raise StorageFailed(f"removing an obsolete file failed: {error}") from error
 
     def close(self) -> None:
         if not self._closed:
@@ -310,7 +335,15 @@ class NodeStorage:
         assert hs.commit_index <= last, "commit index beyond the stored log"
         return mark
 
-    def _store_snapshot(self, snapshot: Snapshot, prepared: str | None = None) -> None:
+    def _remove(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.disk.remove(path)
+                self.disk.fsync_dir(self.directory)
+
+    def _store_snapshot(self, snapshot: Snapshot, prepared: str | None = None) -> list[str]:
+        """Write (or publish) the snapshot's file; returns the paths of the older snapshot
+        files no longer kept, for ``remove_files``."""
         meta = snapshot.meta
         name = SnapshotName(meta.index, meta.term, snapshot_name(meta.index, meta.term))
         if prepared is None:
@@ -318,11 +351,9 @@ class NodeStorage:
         else:
             publish(self.disk, prepared, name.name)
         known = [s for s in self._snapshots if s.name != name.name] + [name]
-        if len(known) > self.options.snapshots_kept:
-            known = prune_snapshots(self.disk, self.directory, known, self.options.snapshots_kept)
-            self.disk.fsync_dir(self.directory)
-        self._snapshots = known
+        obsolete, self._snapshots = split_snapshots(known, self.options.snapshots_kept)
         self._snapshot_meta = meta
+        return [os.path.join(self.directory, old.name) for old in obsolete]
 
 
 def _ensure_directory(disk: Disk, directory: str) -> None:

@@ -148,16 +148,13 @@ def _check_header(header: SnapshotHeader, name: SnapshotName, identity: Identity
     return ""
 
 
-def prune_snapshots(
-    disk: Disk, directory: str, snapshots: list[SnapshotName], keep: int = SNAPSHOTS_KEPT
-) -> list[SnapshotName]:
-    """Remove all but the newest ``keep`` snapshot files (by index); returns the survivors.
-    The caller fsyncs the directory."""
+def split_snapshots(
+    snapshots: list[SnapshotName], keep: int = SNAPSHOTS_KEPT
+) -> tuple[list[SnapshotName], list[SnapshotName]]:
+    """(the files to remove, the newest ``keep`` to keep), by index."""
     assert keep >= 1
     ordered = sorted(snapshots, key=lambda s: (s.index, s.term))
-    for old in ordered[:-keep]:
-        disk.remove(os.path.join(directory, old.name))
-    return ordered[-keep:]
+    return ordered[:-keep], ordered[-keep:]
 
 
 @dataclass(frozen=True, slots=True)

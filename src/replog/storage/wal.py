@@ -243,8 +243,10 @@ class Wal:
     # ---- compaction ------------------------------------------------------------------------
 
     def compact(self, through: int) -> list[str]:
-        """Delete the oldest segments whose live entries all lie at or below ``through``
-        (never the active segment); returns the removed file names."""
+        """Forget the oldest segments whose live entries all lie at or below ``through``
+        (never the active segment); returns their file names, oldest first, for the caller
+        to remove in that order (a crash in between leaves them to recovery, which skips
+        segments wholly behind the snapshot)."""
         if len(self.segments) < 2:
             return []
         keep_from = self.index.first_live_segment_after(through)
@@ -252,11 +254,7 @@ class Wal:
         limit = active_seq if keep_from is None else min(keep_from, active_seq)
         removed: list[str] = []
         while self.segments[0].seq < limit:
-            segment = self.segments[0]
-            self.disk.remove(self.path(segment))
-            self.disk.fsync_dir(self.directory)
-            self.segments.pop(0)
-            removed.append(segment.name)
+            removed.append(self.segments.pop(0).name)
         self.index.drop_before_segment(limit)
         return removed
 
