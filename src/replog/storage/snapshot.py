@@ -59,7 +59,7 @@ from replog.storage.record import (
 SNAPSHOTS_KEPT = 2
 SNAPSHOT_HEADER_BYTES_MAX = 1 << 20
 PREPARED_SUFFIX = ".local"  # a snapshot prepared off the storage thread: a name of its own
-PREPARED_SYNC_BYTES = 8 << 20  # ... written in pieces of this size, each synced
+PREPARED_SYNC_BYTES = 32 << 20  # ... written in pieces of this size, each synced
 
 
 def encode_snapshot_header(identity: Identity, snapshot: Snapshot) -> bytes:
