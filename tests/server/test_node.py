@@ -233,6 +233,29 @@ async def test_snapshots_bound_the_log_and_restore_on_restart(tmp_path: Path) ->
         await again.stop()
 
 
+async def test_the_log_kept_behind_a_snapshot_is_bounded_in_bytes(tmp_path: Path) -> None:
+    options = NodeOptions(
+        tick_ms=5,
+        heartbeat_ms=20,
+        election_timeout_ms=150,
+        snapshot_entries=50,
+        snapshot_keep_entries=40,
+        snapshot_keep_bytes=10_000,
+    )
+    nodes = make_nodes(tmp_path, 1, options)
+    node = nodes[0]
+    await node.start()
+    try:
+        await leader_of(nodes)
+        async with asyncio.timeout(5):
+            while node.status().snapshot_index < 100:
+                await node.propose(b"v" * 1_000)
+        raft = node._core()
+        assert raft.first_index > node.status().snapshot_index - 10  # not 40 entries back
+    finally:
+        await node.stop()
+
+
 class SlowSnapshots(Register):
     """A register whose snapshot encoding waits until released (on the encoder thread)."""
 

@@ -486,6 +486,16 @@ def test_snapshot_policy() -> None:
     assert not policy.should_snapshot(applied_index=105, snapshot_index=100, log_bytes=10**9)
 
 
+def test_the_window_kept_behind_a_snapshot_is_bounded_in_entries_and_bytes() -> None:
+    policy = SnapshotPolicy(keep_entries=5, keep_bytes=1_000)
+    assert policy.keep_for([10] * 20) == 5
+    assert policy.keep_for([300] * 20) == 3  # 900 bytes; a fourth would pass 1,000
+    assert policy.keep_for([10, 2_000, 10]) == 1
+    assert policy.keep_for([2_000]) == 0
+    assert policy.keep_for([10, 10]) == 2  # the log behind the snapshot is short
+    assert SnapshotPolicy(keep_entries=0).keep_for([1]) == 0
+
+
 def test_snapshot_policy_waits_for_as_much_log_as_the_last_snapshot() -> None:
     policy = SnapshotPolicy(entries_max=100, log_bytes_max=10_000, entries_min=10)
 

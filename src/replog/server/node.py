@@ -133,6 +133,7 @@ class NodeOptions:
     request_timeout_ms: int = 5_000
     snapshot_entries: int = 10_000
     snapshot_keep_entries: int = 1_000
+    snapshot_keep_bytes: int = 64 << 20
     max_uncommitted_bytes: int = 64 << 20
     pending_requests_max: int = 100_000
 
@@ -151,6 +152,7 @@ class NodeOptions:
             entries_max=self.snapshot_entries,
             entries_min=min(64, self.snapshot_entries),
             keep_entries=self.snapshot_keep_entries,
+            keep_bytes=self.snapshot_keep_bytes,
         )
 
 
@@ -379,6 +381,7 @@ class Node:
         self._snapshot_policy = self.options.snapshot_policy()
         self._last_persist_s = 0.0  # how long the last Ready took to make durable
         self._fresh_log_bytes = 0  # entry bytes written since the last snapshot was started
+        self._snapshot_keep = 0  # entries the snapshot being taken leaves in the log behind it
         self._was_member = False
         self._leader_since = 0.0
         self._membership = MembershipChanges(self)
@@ -1071,6 +1074,8 @@ class Node:
         members = tuple(self._registry.all())
         meta = raft.snapshot_meta(applied)
         self._fresh_log_bytes = 0
+        window = raft.entries(max(raft.first_index, applied - policy.keep_entries + 1), applied + 1)
+        self._snapshot_keep = policy.keep_for(len(entry.data) for entry in reversed(window))
         self._snapshotting = asyncio.create_task(
             self._write_snapshot(storage, meta, lambda: wrap_snapshot(members, encode()))
         )
@@ -1078,7 +1083,7 @@ class Node:
     async def _write_snapshot(
         self, storage: NodeStorage, meta: SnapshotMeta, encode: Callable[[], bytes]
     ) -> Snapshot:
-        keep = self._snapshot_policy.keep_entries
+        keep = self._snapshot_keep
 
         def encode_and_write() -> tuple[Snapshot, str]:
             snapshot = Snapshot(meta, encode())
@@ -1106,7 +1111,7 @@ class Node:
         self._snapshotting = None
         snapshot = task.result()  # a storage failure stops the node, as a failed save does
         if snapshot.meta.index > self._snapshot_index:  # not overtaken by an installed one
-            raft.compact(snapshot, self._snapshot_policy.keep_entries)
+            raft.compact(snapshot, self._snapshot_keep)
             self._snapshot_index = snapshot.meta.index
             self._snapshot_bytes = len(snapshot.data)
         self.metrics.snapshots.inc()

@@ -21,12 +21,14 @@ are kept, not just one). Snapshot data is read whole into memory and bounded by
 
 ``SnapshotPolicy`` is consulted by the server (or the simulator) after applying entries: take
 a snapshot when enough entries were applied since the last one, or when the log holds too many
-bytes; ``keep_entries`` is the trailing window left in the log for slow followers.
+bytes; ``keep_entries`` and ``keep_bytes`` bound the trailing window left in the log for slow
+followers.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import crc32c
@@ -175,13 +177,26 @@ class SnapshotPolicy:
     log_bytes_max: int = 256 << 20
     entries_min: int = 64
     keep_entries: int = 1_000  # entries left in the log behind a snapshot, for slow followers
+    keep_bytes: int = 64 << 20  # ... and at most this many bytes of them
     log_to_snapshot_ratio: float = 1.0
     entries_ceiling: int = 100_000
 
     def __post_init__(self) -> None:
         assert self.entries_max >= 1 and self.entries_min >= 1 and self.log_bytes_max >= 1
-        assert self.entries_ceiling >= 1
+        assert self.entries_ceiling >= 1 and self.keep_bytes >= 0
         assert self.keep_entries >= 0 and self.log_to_snapshot_ratio >= 0
+
+    def keep_for(self, sizes: Iterable[int]) -> int:
+        """How many entries to keep behind a snapshot, given the sizes of the entries up to
+        its index, newest first: at most ``keep_entries`` that add up to at most
+        ``keep_bytes`` (a follower further behind gets the snapshot instead)."""
+        kept = total = 0
+        for size in sizes:
+            total += size
+            if kept == self.keep_entries or total > self.keep_bytes:
+                break
+            kept += 1
+        return kept
 
     def should_snapshot(
         self,
