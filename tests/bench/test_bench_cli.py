@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
+from replog.bench import BenchError
+from replog.bench.generator import chosen_endpoints
 from replog.cli import main
 from replog.cli.bench import parse_size
 from replog.testing.processes import ProcessCluster
@@ -46,6 +48,15 @@ def test_sizes() -> None:
     assert parse_size("1MiB") == 1024 * 1024
     with pytest.raises(ValueError):
         parse_size("-1")
+
+
+def test_clients_go_to_the_endpoints_asked_for() -> None:
+    endpoints = ("http://a", "http://b", "http://c")
+    assert chosen_endpoints("all", endpoints, "http://b") == endpoints
+    assert chosen_endpoints("leader", endpoints, "http://b") == ("http://b",)
+    assert chosen_endpoints("followers", endpoints, "http://b") == ("http://a", "http://c")
+    with pytest.raises(BenchError, match="no follower"):
+        chosen_endpoints("followers", ("http://b",), "http://b")
 
 
 def test_an_unreachable_leader_fails_cleanly() -> None:

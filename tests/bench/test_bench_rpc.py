@@ -171,6 +171,15 @@ def test_a_short_rpc_run_on_every_node(cluster: RpcProcessCluster) -> None:
     assert set(report["per_op"]) == {"get", "put"}
 
 
+def test_a_run_on_the_followers(cluster: RpcProcessCluster) -> None:
+    # Writes at a follower are forwarded to the leader; each waits for its commit index.
+    report = run_bench_command(
+        cluster, "--count", "200", "--clients", "2", "--processes", "1", "--send-to", "followers",
+    )  # fmt: skip
+    assert report["ops"] == 200 and report["errors"] == {}
+    assert report["send_to"] == "followers"
+
+
 def test_a_counted_rpc_run_on_the_leader(cluster: RpcProcessCluster) -> None:
     report = run_bench_command(
         cluster, "--count", "300", "--clients", "16", "--processes", "1", "--send-to", "leader",

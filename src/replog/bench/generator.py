@@ -48,7 +48,7 @@ __all__ = [
     "run_bench_async",
 ]
 
-SendTo = Literal["all", "leader"]
+SendTo = Literal["all", "leader", "followers"]
 Protocol = Literal["http", "rpc"]
 PROTOCOLS: tuple[Protocol, ...] = ("http", "rpc")
 CONNECTIONS_PER_PROCESS_MAX = 64
@@ -84,8 +84,8 @@ class BenchConfig:
             raise ValueError("give 1 to 64 endpoints")
         if self.processes is not None and not 1 <= self.processes <= PROCESSES_MAX:
             raise ValueError(f"processes must be 1..{PROCESSES_MAX}")
-        if self.send_to not in ("all", "leader"):
-            raise ValueError("send to 'all' or 'leader'")
+        if self.send_to not in ("all", "leader", "followers"):
+            raise ValueError("send to 'all', 'leader' or 'followers'")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if self.protocol == "rpc" and self.target != "replog":
@@ -121,6 +121,18 @@ def find_leader(target: str, endpoints: tuple[str, ...], wait_s: float = LEADER_
         if time.monotonic() > deadline:
             raise BenchError(f"no leader found among {', '.join(endpoints)}")
         time.sleep(0.1)
+
+
+def chosen_endpoints(send_to: SendTo, endpoints: tuple[str, ...], leader: str) -> tuple[str, ...]:
+    """The endpoints the clients are dealt over, given the leader's."""
+    if send_to == "leader":
+        return (leader,)
+    if send_to == "all":
+        return endpoints
+    followers = tuple(url for url in endpoints if url != leader)
+    if not followers:
+        raise BenchError(f"no follower among {', '.join(endpoints)}: give more endpoints")
+    return followers
 
 
 def rpc_address(url: str, timeout_s: float = 5.0) -> str:
@@ -259,11 +271,11 @@ async def run_bench_async(
     """Run one benchmark (see the module docstring); ``on_progress(ok, failed, elapsed_s)``
     is called as the workers report, a few times per second."""
     urls = config.endpoints
-    if config.send_to == "leader":
+    if config.send_to != "all":
         found = await asyncio.to_thread(
             find_leader, config.target, config.endpoints, config.leader_wait_s
         )
-        urls = (found,)
+        urls = chosen_endpoints(config.send_to, config.endpoints, found)
     if config.protocol == "rpc":
         urls = await asyncio.to_thread(rpc_addresses, urls)
     if config.preload and config.workload.reads:

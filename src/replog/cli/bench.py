@@ -199,10 +199,11 @@ def _print_table(report: Report) -> None:
 )
 @click.option(
     "--send-to",
-    type=click.Choice(["all", "leader"]),
+    type=click.Choice(["all", "leader", "followers"]),
     default="all",
     show_default=True,
-    help="all: clients spread over every endpoint; leader: only the leader.",
+    help="all: clients spread over every endpoint; leader: only the leader; followers: over "
+    "the other endpoints (they forward writes to the leader).",
 )
 @click.option(
     "--leader-wait",
@@ -211,7 +212,7 @@ def _print_table(report: Report) -> None:
     default=15.0,
     show_default=True,
     metavar="SECONDS",
-    help="With --send-to leader: how long to look for the leader.",
+    help="With --send-to leader or followers: how long to look for the leader.",
 )
 @click.option(
     "--preload/--no-preload",
