@@ -351,8 +351,12 @@ _APPEND_RESPONSE_TAG: Final = _AppendEntriesResponse.__struct_config__.tag
 
 def _all_u63(ints: Sequence[int]) -> bool:
     """Whether every value is an int that the schema's ``U63`` accepts (the short cuts'
-    check: a message built by hand may hold anything)."""
-    return all(type(v) is int for v in ints) and min(ints) >= 0 and max(ints) <= _U63_MAX
+    check: a message built by hand may hold anything). A plain loop: a third of the time of
+    ``all`` over a generator, for these few values."""
+    for value in ints:
+        if type(value) is not int or value < 0 or value > _U63_MAX:
+            return False
+    return True
 
 
 def _encode_append(m: AppendEntries) -> bytes:
