@@ -592,15 +592,15 @@ class RaftNode:
         assert self._uncommitted_bytes >= 0
         self.log.commit_to(index)
         self._on_commit_in_term()
-        self._announce_forwarded_commits()
         if not self.membership.is_voter(self.node_id) and not self.membership_pending:
             # Our removal is committed: stop leading a cluster we are not part of (thesis 4.2.2).
             self._become_follower(self.term, NO_NODE)
         return True
 
     def _announce_forwarded_commits(self) -> None:
-        """A member whose forwarded proposals just committed is told at once: its clients wait
-        for that commit index, which would otherwise come with the next tick."""
+        """A member whose forwarded proposals committed is told with this Ready: its clients
+        wait for that commit index, which would otherwise come with the next tick. (Called
+        after the appends of this Ready went out: one that went to it carried the index.)"""
         for member, pr in self.progress.items():
             if pr.forwarded_index and pr.forwarded_index <= self.log.commit_index:
                 pr.forwarded_index = 0
@@ -895,6 +895,8 @@ class RaftNode:
         if self._broadcast_pending and self.role is Role.LEADER:
             self._broadcast_append()
         self._broadcast_pending = False
+        if self.role is Role.LEADER:
+            self._announce_forwarded_commits()
 
     def _apply_from(self) -> int:
         pending = self.log.pending_snapshot
