@@ -207,6 +207,7 @@ class KVStore:
         self._limits = limits or KVLimits()
         self._kvs: dict[bytes, KeyValue] = {}
         self._keys = SortedList()  # the same keys as _kvs, sorted
+        self._captures: list[_Capture] = []  # of the snapshot encodings in progress
         self._revision = 0
         self._now_ms = 0
         self._idempotency: OrderedDict[str, IdempotencyEntry] = OrderedDict()
@@ -261,29 +262,41 @@ class KVStore:
 
     def snapshot_encoder(self) -> Callable[[], bytes]:
         """Capture the state now and return the function that encodes that capture into
-        ``snapshot`` bytes. The capture is cheap (the containers are copied at C speed; the
-        frozen values they hold are shared), and the encoding never reads the live store, so
-        it may run on another thread while the store goes on applying; there it leaves the
-        event loop at least half of the GIL (``encode_image`` with ``pace``)."""
+        ``snapshot`` bytes. The capture is cheap: the sorted keys, the history and the
+        idempotency table are copied at C speed (the frozen values they hold are shared),
+        the key table is not copied at all (a ``_Capture`` remembers the old value of each
+        key written after it). The encoding may run on another thread while the store goes
+        on applying; there it leaves the event loop at least half of the GIL
+        (``encode_image`` with ``pace``)."""
         return self._snapshot_encoder(pace=True)
 
     def _snapshot_encoder(self, pace: bool) -> Callable[[], bytes]:
-        kvs = dict(self._kvs)
+        live, capture = self._kvs, _Capture()
+        self._captures = [*self._captures, capture]
         keys = list(self._keys)
         idempotency = list(self._idempotency.values())
         history = self._history[self._history_start :]
         revision, compact_revision, now_ms = self._revision, self._compact_revision, self._now_ms
 
+        def at_capture(key: bytes) -> KeyValue | None:
+            # The live value first, then the remembered one: a write remembers the old value
+            # before it changes the table, so either read order of a racing write is covered.
+            kv = live.get(key)
+            return capture.old.get(key, kv)
+
         def encode() -> bytes:
-            image = KVImage(
-                format=IMAGE_FORMAT,
-                revision=revision,
-                compact_revision=compact_revision,
-                now_ms=now_ms,
-                kvs=[kvs[key] for key in keys],
-                idempotency=idempotency,
-                history=[_image_event(kvs, event) for event in history],
-            )
+            try:
+                image = KVImage(
+                    format=IMAGE_FORMAT,
+                    revision=revision,
+                    compact_revision=compact_revision,
+                    now_ms=now_ms,
+                    kvs=[_present(at_capture(key)) for key in keys],
+                    idempotency=idempotency,
+                    history=[_image_event(at_capture, event) for event in history],
+                )
+            finally:
+                capture.done = True
             return encode_image(image, pace=pace)
 
         return encode
@@ -292,6 +305,7 @@ class KVStore:
         """Replace the state with a snapshot image; raises ``InvalidSnapshot`` (a ValueError)
         on a malformed image and then leaves the current state untouched."""
         image = decode_image(data)
+        self._captures = []  # their encodings read the old table, which no longer changes
         self._kvs = {kv.key: kv for kv in image.kvs}
         self._keys = SortedList(kv.key for kv in image.kvs)
         self._revision = image.revision
@@ -381,6 +395,13 @@ class KVStore:
         self._trim_history()
         return result
 
+    def _keep_for_captures(self, key: bytes, old: KeyValue | None) -> None:
+        """Keep ``old``, the value ``key`` had before this write, for the encodings in
+        progress (``snapshot_encoder``) that have not seen the key written yet."""
+        self._captures = captures = [c for c in self._captures if not c.done]
+        for capture in captures:
+            capture.old.setdefault(key, old)
+
     def _put(self, key: bytes, value: bytes, revision: int) -> PutResult:
         """Write ``key`` at ``revision``; the caller decides when the store revision moves."""
         prev = self._kvs.get(key)
@@ -389,15 +410,20 @@ class KVStore:
             self._keys.add(key)
         else:
             kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
+        if self._captures:
+            self._keep_for_captures(key, prev)
         self._kvs[key] = kv
         self._revision = max(self._revision, revision)
         self._record(Event("put", kv))
         return PutResult(revision, kv, prev)
 
     def _delete(self, key: bytes, revision: int) -> DeleteResult:
-        prev = self._kvs.pop(key, None)
+        prev = self._kvs.get(key)
         if prev is None:
             return DeleteResult(self._revision, 0, None)
+        if self._captures:
+            self._keep_for_captures(key, prev)
+        del self._kvs[key]
         self._keys.remove(key)
         self._revision = max(self._revision, revision)
         self._record(Event("delete", KeyValue(key, b"", 0, revision, 0)))
@@ -501,12 +527,28 @@ class KVStore:
         return low, high
 
 
-def _image_event(kvs: dict[bytes, KeyValue], event: Event) -> Event:
+class _Capture:
+    """What a snapshot encoding needs besides the live key table: the value each key had at
+    the capture (None: absent), for the keys written since."""
+
+    __slots__ = ("done", "old")
+
+    def __init__(self) -> None:
+        self.old: dict[bytes, KeyValue | None] = {}
+        self.done = False  # set by the encoding; the next write forgets the capture
+
+
+def _present(kv: KeyValue | None) -> KeyValue:
+    assert kv is not None, "every captured key had a value at the capture"
+    return kv
+
+
+def _image_event(at_capture: Callable[[bytes], KeyValue | None], event: Event) -> Event:
     """A put event whose kv is still the key's current one is written without its value (the
     image holds that value once, in ``kvs``)."""
     kv = event.kv
     if event.type == "put":
-        current = kvs.get(kv.key)
+        current = at_capture(kv.key)
         if current is kv or (
             current is not None and current.mod_revision == kv.mod_revision and current == kv
         ):
