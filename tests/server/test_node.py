@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,13 +235,8 @@ async def test_snapshots_bound_the_log_and_restore_on_restart(tmp_path: Path) ->
 
 
 async def test_the_log_kept_behind_a_snapshot_is_bounded_in_bytes(tmp_path: Path) -> None:
-    options = NodeOptions(
-        tick_ms=5,
-        heartbeat_ms=20,
-        election_timeout_ms=150,
-        snapshot_entries=50,
-        snapshot_keep_entries=40,
-        snapshot_keep_bytes=10_000,
+    options = replace(
+        FAST, snapshot_entries=50, snapshot_keep_entries=40, snapshot_keep_bytes=10_000
     )
     nodes = make_nodes(tmp_path, 1, options)
     node = nodes[0]
@@ -259,10 +255,10 @@ async def test_the_log_kept_behind_a_snapshot_is_bounded_in_bytes(tmp_path: Path
 class SlowSnapshots(Register):
     """A register whose snapshot encoding waits until released (on the encoder thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: threading.Event, release: threading.Event) -> None:
         super().__init__()
-        self.release = threading.Event()
-        self.encoding = threading.Event()
+        self.encoding = encoding
+        self.release = release
 
     def snapshot_encoder(self) -> Callable[[], bytes]:
         items = list(self.items)
@@ -278,37 +274,52 @@ class SlowSnapshots(Register):
         return self.snapshot_encoder()()
 
 
-async def test_a_slow_snapshot_does_not_hold_up_replication(tmp_path: Path) -> None:
-    options = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, snapshot_entries=50)
-    ports = free_ports(3)
-    peers = {f"n{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
-    machines = {name: SlowSnapshots() for name in peers}
-    nodes = [
-        Node(machines[name], name=name, data_dir=str(tmp_path / name), peers=peers, options=options)
-        for name in peers
-    ]
+async def writes_go_on_while_snapshots_wait(
+    nodes: list[Node], waiting: threading.Event, release: threading.Event
+) -> None:
+    """Writes commit and nobody campaigns while every snapshot waits (``waiting`` is set
+    once one does) until ``release``; then snapshots resume."""
     for node in nodes:
         await node.start()
     try:
         leader = await leader_of(nodes)
         for i in range(60):
             await leader.propose(b"%d" % i)
-        await asyncio.to_thread(machines[leader.name].encoding.wait, 5)
+        assert await asyncio.to_thread(waiting.wait, 5)
         terms = {node.name: node.status().term for node in nodes}
-        for i in range(60, 200):  # the snapshot is stuck: writes still commit, nobody campaigns
-            await leader.propose(b"%d" % i)
+        async with asyncio.timeout(5):
+            for i in range(60, 200):
+                await leader.propose(b"%d" % i)
         await asyncio.sleep(0.4)  # more than two election timeouts
         assert {node.name: node.status().term for node in nodes} == terms
         assert leader.status().snapshot_index == 0
-        for machine_ in machines.values():
-            machine_.release.set()
+        release.set()
         async with asyncio.timeout(5):
             while leader.status().snapshot_index < 50:
                 await leader.propose(b"more")
         assert machine(leader).items[:200] == [b"%d" % i for i in range(200)]
     finally:
+        release.set()
         for node in nodes:
             await node.stop(transfer=False)
+
+
+async def test_a_slow_snapshot_does_not_hold_up_replication(tmp_path: Path) -> None:
+    encoding, release = threading.Event(), threading.Event()
+    ports = free_ports(3)
+    peers = {f"n{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
+    options = replace(FAST, snapshot_entries=50)
+    nodes = [
+        Node(
+            SlowSnapshots(encoding, release),
+            name=name,
+            data_dir=str(tmp_path / name),
+            peers=peers,
+            options=options,
+        )
+        for name in peers
+    ]
+    await writes_go_on_while_snapshots_wait(nodes, encoding, release)
 
 
 class _GatedFsync:
@@ -341,30 +352,8 @@ async def test_a_slow_snapshot_file_does_not_hold_up_the_log(
             return handle
 
     monkeypatch.setattr(node_module, "OsDisk", SlowSnapshotFiles)
-    options = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, snapshot_entries=50)
-    nodes = make_nodes(tmp_path, 3, options)
-    for node in nodes:
-        await node.start()
-    try:
-        leader = await leader_of(nodes)
-        for i in range(60):
-            await leader.propose(b"%d" % i)
-        assert await asyncio.to_thread(writing.wait, 5)
-        terms = {node.name: node.status().term for node in nodes}
-        async with asyncio.timeout(5):  # the snapshot files wait: the log is still written
-            for i in range(60, 200):
-                await leader.propose(b"%d" % i)
-        assert {node.name: node.status().term for node in nodes} == terms
-        assert leader.status().snapshot_index == 0
-        gate.set()
-        async with asyncio.timeout(5):
-            while leader.status().snapshot_index < 50:
-                await leader.propose(b"more")
-        assert machine(leader).items[:200] == [b"%d" % i for i in range(200)]
-    finally:
-        gate.set()
-        for node in nodes:
-            await node.stop(transfer=False)
+    nodes = make_nodes(tmp_path, 3, replace(FAST, snapshot_entries=50))
+    await writes_go_on_while_snapshots_wait(nodes, writing, gate)
 
 
 @given(
