@@ -748,6 +748,10 @@ def test_a_capture_copies_no_table_and_stops_remembering_once_encoded() -> None:
     encode()
     put(store, b"k2", b"new")
     assert not store._captures  # forgotten at the first write after the encoding
+    store.snapshot_encoder()  # dropped without being run: forgotten as well
+    gc.collect()
+    put(store, b"k3", b"new")
+    assert not store._captures
 
 
 def test_an_encoding_on_a_thread_while_the_store_applies() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -299,6 +300,7 @@ class KVStore:
                 capture.done = True
             return encode_image(image, pace=pace)
 
+        weakref.finalize(encode, setattr, capture, "done", True)  # dropped without being run
         return encode
 
     def restore(self, data: bytes) -> None:
