@@ -67,6 +67,18 @@ async def test_a_write_through_any_node_applies_everywhere(cluster: list[Node]) 
         assert machine(node).items == [b"a", b"b"]
 
 
+async def test_a_drained_leader_answers_its_writes_before_it_stops(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    writes = [leader.submit(b"w%d" % i) for i in range(200)]
+    await leader.drain(timeout_s=3)
+    assert not leader.is_leader  # handed over first
+    assert all(write.done() for write in writes)
+    await leader.stop(transfer=False)
+    assert [write.exception() for write in writes] == [None] * 200
+    others = [n for n in cluster if n is not leader]
+    assert await others[0].wait_applied(lambda: len(machine(others[0]).items) == 200, 3)
+
+
 async def test_a_follower_yields_the_cpu_after_each_acknowledgement(
     cluster: list[Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:

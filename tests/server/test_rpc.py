@@ -131,6 +131,26 @@ async def test_write_then_read_with_headers(single: Served) -> None:
     conn.close()
 
 
+async def test_a_server_that_stops_taking_requests_still_answers_those_it_took(
+    single: Served,
+) -> None:
+    conn = await greeted(single.port)
+    for i in range(1, 21):
+        conn.send(put(i, b"k%d" % i, b"v"))
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)  # the node has read them
+    single.rpc.stop_taking()
+    conn.send(put(99, b"late", b"v"))
+    answers = {answer.id: answer for answer in [await conn.receive() for _ in range(21)]}
+    assert all(isinstance(answers[i], protocol.Reply) for i in range(1, 21))
+    late = answers[99]
+    assert isinstance(late, protocol.Failure) and late.code == "unavailable"  # not applied
+    with pytest.raises(OSError):
+        await Conn.open(single.port)  # no new connections either
+    assert single.kv.get(b"late") is None
+    conn.close()
+
+
 async def test_many_requests_in_flight_are_each_answered_once(single: Served) -> None:
     conn = await greeted(single.port)
     for i in range(1, 501):

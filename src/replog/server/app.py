@@ -29,6 +29,7 @@ from replog.storage import StorageError
 log = logging.getLogger("replog.server")
 
 HTTP_SHUTDOWN_S = 2.0
+DRAIN_S = 2.0  # at a clean stop, after the leadership hand-over: for the writes in flight
 # What the store accepts when it applies the log: the same on every node, and at least the
 # largest request limits `replog serve` allows (the configured limits are checked on entry).
 APPLY_LIMITS = KVLimits(key_bytes_max=1 << 20, value_bytes_max=16 << 20, request_bytes_max=32 << 20)
@@ -151,7 +152,10 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
     if started is not None:
         started.set()
     code = await _until_stopped(node)
-    await node.stop(transfer=code == 0)
+    if code == 0:  # a clean stop: the writes taken get their outcome, new ones go elsewhere
+        rpc.stop_taking()
+        await node.drain(DRAIN_S)
+    await node.stop(transfer=False)
     await rpc.close()
     await runner.cleanup()
     log.info("node %s stopped", config.name)

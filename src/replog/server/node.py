@@ -26,9 +26,11 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
 Every command in the log starts with a 16-byte request id (8 random bytes per process + a
 counter); the node that proposed it recognizes its own entries when it applies them and hands the
 state machine's result to the waiting caller. This works the same whether the node led (and
-appended the entry) or followed (and forwarded it to the leader). A proposal that the core could
-not take (no leader, transfer in progress, uncommitted log full) fails with ``Unavailable``: it
-was certainly not applied. One that the core took but whose outcome does not arrive in time
+appended the entry) or followed (and forwarded it to the leader). A proposal made while no
+leader is known, or while leadership is being transferred, waits for the next leader; one that
+the core cannot take (uncommitted log full), or that no leader took in time, fails with
+``Unavailable``: it was certainly not applied. One that the core took but whose outcome does not
+arrive in time
 fails with ``UnknownOutcome``; one whose log slot was taken by another entry fails with
 ``Unavailable`` (a slot holds one entry forever once committed).
 
@@ -462,6 +464,17 @@ class Node:
         self._io.shutdown(wait=True)
         self._encoder.shutdown(wait=True)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Get ready for a clean stop: a leader hands leadership over, then this waits (at most
+        ``timeout_s``) until no write submitted here awaits its outcome, so that its caller
+        gets the result rather than ``UnknownOutcome``. The node keeps serving meanwhile; a
+        server stops taking new requests first."""
+        if self._failure is not None or self._stopping:
+            return
+        await self._hand_over_leadership()
+        waiting = self._waiting
+        await self.wait_applied(lambda: not waiting.proposals and not waiting.by_request, timeout_s)
+
     async def wait_stopped(self) -> None:
         """Return when the node stops; raise the error that stopped it, if any."""
         if self._driver is not None:
@@ -811,6 +824,9 @@ class Node:
                 kept.append(proposal)  # no leader known yet: try again next round
                 continue
             except ProposalError as error:
+                if raft.lead_transferee != NO_NODE:
+                    kept.append(proposal)  # for the next leader, in a moment
+                    continue
                 proposal.waiter.set_exception(Unavailable(str(error)))
                 continue
             proposal.proposed = True

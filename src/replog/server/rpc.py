@@ -31,6 +31,7 @@ from typing import Final, cast
 import msgspec
 
 from replog import protocol
+from replog.errors import Unavailable
 from replog.server.http import Api, ApiError, api_error_of
 from replog.statemachines import GetResult
 
@@ -55,12 +56,22 @@ class RpcServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._turn_header: protocol.Header | None = None
+        self.draining = False  # see stop_taking
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=LISTEN_BACKLOG
         )
+
+    def stop_taking(self) -> None:
+        """Take no new requests: the listener closes, and a request that arrives on an open
+        connection is refused as ``unavailable`` (certainly not applied: its client retries
+        elsewhere; a request left unread would have been an unknown outcome). The answers to
+        requests already taken still go out (a clean stop drains the node next)."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -175,6 +186,9 @@ class _Connection(asyncio.Protocol):
         if not self.greeted:
             self._fail_and_close("invalid_request", "the first frame must be Hello")
             return False
+        if self.server.draining:
+            self._fail(message.id, Unavailable(f"node {self.server.api.node.name} is stopping"))
+            return True
         if isinstance(message, protocol.Write):
             self._start_write(message)
             return True
