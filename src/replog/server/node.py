@@ -29,10 +29,9 @@ state machine's result to the waiting caller. This works the same whether the no
 appended the entry) or followed (and forwarded it to the leader). A proposal made while no
 leader is known, or while leadership is being transferred, waits for the next leader; one that
 the core cannot take (uncommitted log full), or that no leader took in time, fails with
-``Unavailable``: it was certainly not applied. One that the core took but whose outcome does not
-arrive in time
-fails with ``UnknownOutcome``; one whose log slot was taken by another entry fails with
-``Unavailable`` (a slot holds one entry forever once committed).
+``Unavailable``: it was certainly not applied. One that the core took but whose outcome does
+not arrive in time fails with ``UnknownOutcome``; one whose log slot was taken by another entry
+fails with ``Unavailable`` (a slot holds one entry forever once committed).
 
 A storage failure (fsync error, disk full) stops the node: nothing of that Ready is sent or
 applied, and ``wait_stopped`` raises. Restarting recovers from what was made durable.

@@ -66,9 +66,9 @@ class RpcServer:
 
     def stop_taking(self) -> None:
         """Take no new requests: the listener closes, and a request that arrives on an open
-        connection is refused as ``unavailable`` (certainly not applied: its client retries
-        elsewhere; a request left unread would have been an unknown outcome). The answers to
-        requests already taken still go out (a clean stop drains the node next)."""
+        connection is refused as ``unavailable`` (certainly not applied, so it is safe to retry
+        on another node; a request left unread would have been an unknown outcome). The answers
+        to requests already taken still go out (a clean stop drains the node next)."""
         self.draining = True
         if self._server is not None:
             self._server.close()
