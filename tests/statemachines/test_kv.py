@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import pytest
@@ -718,17 +718,21 @@ def test_a_background_encoding_rests_after_each_chunk(monkeypatch: pytest.Monkey
     assert all(rest >= 0 for rest in rests)
 
 
-def test_an_encoding_holds_the_state_of_its_capture() -> None:
+def captured(keys: int, value: bytes) -> tuple[KVStore, bytes, Callable[[], bytes]]:
+    """A store of ``keys`` keys, its snapshot, and an encoder of a capture taken then."""
     store = KVStore()
-    for i in range(100):
-        put(store, b"k%03d" % i, b"old")
-    expected = store.snapshot()
-    encode = store.snapshot_encoder()
-    put(store, b"k001", b"new")  # overwritten, deleted, created, then deleted and written again
-    delete(store, b"k002")
-    put(store, b"k100", b"created")
-    delete(store, b"k003")
-    put(store, b"k003", b"again")
+    for i in range(keys):
+        put(store, b"k%05d" % i, value)
+    return store, store.snapshot(), store.snapshot_encoder()
+
+
+def test_an_encoding_holds_the_state_of_its_capture() -> None:
+    store, expected, encode = captured(100, b"old")
+    put(store, b"k00001", b"new")  # overwritten, deleted, created, then deleted and written again
+    delete(store, b"k00002")
+    put(store, b"k00100", b"created")
+    delete(store, b"k00003")
+    put(store, b"k00003", b"again")
     assert encode() == expected
     assert store.snapshot() != expected
     copy = KVStore()
@@ -755,11 +759,7 @@ def test_a_capture_copies_no_table_and_stops_remembering_once_encoded() -> None:
 
 
 def test_an_encoding_on_a_thread_while_the_store_applies() -> None:
-    store = KVStore()
-    for i in range(3000):
-        put(store, b"k%05d" % i, b"first")
-    expected = store.snapshot()
-    encode = store.snapshot_encoder()
+    store, expected, encode = captured(3000, b"first")
     encoded: list[bytes] = []
     thread = threading.Thread(target=lambda: encoded.append(encode()))
     thread.start()

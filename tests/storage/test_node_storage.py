@@ -173,54 +173,60 @@ def test_local_snapshot_compacts_whole_segments_and_restarts() -> None:
     assert view.snapshot == (250, 2, b"state at 250")
 
 
-def test_prepared_snapshot_is_renamed_into_place_while_batches_go_on() -> None:
-    disk = SimDisk(random.Random(16))
+def _filled(seed: int) -> tuple[SimDisk, NodeStorage, Model]:
+    disk = SimDisk(random.Random(seed))
     storage, model = _open(disk)
     _fill(storage, model, 60)
-    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    return disk, storage, model
+
+
+def _state_at(index: int) -> Snapshot:
+    return Snapshot(SnapshotMeta(index, 2, CONFIG), b"state at %d" % index)
+
+
+def _temporaries(disk: SimDisk) -> list[str]:
+    return [name for name in disk.list_dir(DIR) if name.endswith(".tmp")]
+
+
+def test_prepared_snapshot_is_renamed_into_place_while_batches_go_on() -> None:
+    disk, storage, model = _filled(16)
+    snapshot = _state_at(250)
     prepared = storage.prepare_snapshot(snapshot)
     assert os.path.basename(prepared).endswith(".tmp")
     _fill(storage, model, 2)  # the log is written between the two steps
     storage.save_snapshot(snapshot, keep_entries=20, prepared=prepared)
     model.apply(TakeSnapshot(snapshot, 20))
-    assert not any(name.endswith(".tmp") for name in disk.list_dir(DIR))
+    assert not _temporaries(disk)
     view = _reopen(disk, storage).view()
     assert view == model.view()
     assert view.snapshot == (250, 2, b"state at 250")
 
 
 def test_a_crash_before_a_prepared_snapshot_is_saved_leaves_the_old_state() -> None:
-    disk = SimDisk(random.Random(17))
-    storage, model = _open(disk)
-    _fill(storage, model, 60)
-    storage.prepare_snapshot(Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250"))
+    disk, storage, model = _filled(17)
+    storage.prepare_snapshot(_state_at(250))
     view = _reopen(disk, storage).view()  # recovery removes the unused file
     assert view == model.view()
     assert view.snapshot is None
-    assert not any(name.endswith(".tmp") for name in disk.list_dir(DIR))
+    assert not _temporaries(disk)
 
 
 def test_a_prepared_snapshot_overtaken_by_a_newer_one_is_removed() -> None:
-    disk = SimDisk(random.Random(18))
-    storage, model = _open(disk)
-    _fill(storage, model, 60)
-    older = Snapshot(SnapshotMeta(200, 2, CONFIG), b"state at 200")
+    disk, storage, _ = _filled(18)
+    older = _state_at(200)
     prepared = storage.prepare_snapshot(older)
-    storage.save_snapshot(Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250"), 20)
+    storage.save_snapshot(_state_at(250), 20)
     storage.save_snapshot(older, 20, prepared)  # only used for compaction
-    names = disk.list_dir(DIR)
-    assert f"snap-{200:016x}-{2:016x}.snap" not in names
-    assert not any(name.endswith(".tmp") for name in names)
+    assert f"snap-{200:016x}-{2:016x}.snap" not in disk.list_dir(DIR)
+    assert not _temporaries(disk)
     storage.close()
 
 
 def test_files_left_by_a_snapshot_are_removed_later_oldest_first() -> None:
-    disk = SimDisk(random.Random(19))
-    storage, model = _open(disk)
-    _fill(storage, model, 60)
-    storage.save_snapshot(Snapshot(SnapshotMeta(100, 2, CONFIG), b"state at 100"), 20)
-    storage.save_snapshot(Snapshot(SnapshotMeta(150, 2, CONFIG), b"state at 150"), 20)
-    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    disk, storage, model = _filled(19)
+    for index in (100, 150):
+        storage.save_snapshot(_state_at(index), 20)
+    snapshot = _state_at(250)
     segments_before = storage.segment_count
     left = storage.save_snapshot(snapshot, 20, leave_files=True)
     model.apply(TakeSnapshot(snapshot, 20))
@@ -237,12 +243,10 @@ def test_files_left_by_a_snapshot_are_removed_later_oldest_first() -> None:
 
 
 def test_a_crash_before_left_files_are_removed_recovers_the_same_state() -> None:
-    disk = SimDisk(random.Random(20))
-    storage, model = _open(disk)
-    _fill(storage, model, 60)
-    storage.save_snapshot(Snapshot(SnapshotMeta(100, 2, CONFIG), b"state at 100"), 20)
-    storage.save_snapshot(Snapshot(SnapshotMeta(150, 2, CONFIG), b"state at 150"), 20)
-    snapshot = Snapshot(SnapshotMeta(250, 2, CONFIG), b"state at 250")
+    disk, storage, model = _filled(20)
+    for index in (100, 150):
+        storage.save_snapshot(_state_at(index), 20)
+    snapshot = _state_at(250)
     left = storage.save_snapshot(snapshot, 20, leave_files=True)
     model.apply(TakeSnapshot(snapshot, 20))
     storage.remove_files(left[:2])  # a crash part way through the removals
