@@ -152,6 +152,57 @@ def test_4_2_2_a_leader_that_removes_itself_steps_down_after_the_commit() -> Non
     assert b"after" in c.data(new_leader.node_id)
 
 
+def test_4_2_2_a_demoted_voter_holding_the_change_stands_as_candidate() -> None:
+    # The demotion reaches only node 2 before the leader fails. Nodes 3 and 4 still count
+    # node 2's vote under the old configuration, and node 2 refuses them: its log is longer.
+    # Unless node 2 campaigns (counting votes by its new configuration, without itself),
+    # nobody can win until node 1 comes back.
+    c, leader = grown([1, 2, 3, 4], [1, 2, 3, 4])
+    index = leader.propose_membership(leader.membership.with_learner(2))
+    c.send(*c.take(is_msg(AppendEntries, receiver=2)))
+    c.take()
+    c.down.add(1)
+    c.tick(60)
+    new_leader = c.leader()
+    assert new_leader is not None and new_leader.node_id in (3, 4)
+    assert new_leader.commit_index >= index
+    assert c.nodes[2].role is Role.FOLLOWER  # it led only until its demotion committed
+    new_leader.propose(b"after")
+    c.deliver()
+    assert b"after" in c.data(new_leader.node_id)
+
+
+def test_4_2_2_a_removed_leader_holding_the_change_stands_as_candidate() -> None:
+    # The leader removes itself; the change reaches nobody before it loses leadership, and
+    # node 3 is gone for good. Nodes 2 and 4 need node 1's vote under the old configuration,
+    # and node 1 refuses them. Node 1 campaigns under its new configuration, commits the
+    # change with nodes 2 and 4, and steps down.
+    c, leader = grown([1, 2, 3, 4], [1, 2, 3, 4])
+    index = leader.propose_membership(leader.membership.without(1))
+    c.take()
+    c.down.add(3)
+    c.partition([1], [2, 4])
+    c.tick(30)  # check-quorum: node 1 steps down
+    assert c.leader() is None
+    c.heal()
+    c.tick(60)
+    new_leader = c.leader()
+    assert new_leader is not None and new_leader.node_id in (2, 4)
+    assert new_leader.membership == voters(2, 3, 4)
+    assert new_leader.commit_index >= index
+    assert c.nodes[1].role is Role.FOLLOWER
+
+
+def test_4_2_2_a_node_that_knows_its_removal_committed_never_campaigns() -> None:
+    c, leader = grown([1, 2, 3, 4], [1, 2, 3, 4])
+    index = leader.propose_membership(leader.membership.without(1))
+    c.deliver()
+    assert leader.role is Role.FOLLOWER and leader.commit_index >= index
+    c.sent.clear()
+    c.tick(60, only={1})
+    assert [m for m in c.sent if m.sender == 1] == []
+
+
 def test_4_2_removed_voters_stop_counting() -> None:
     c, leader = grown([1, 2, 3], [1, 2, 3])
     leader.propose_membership(leader.membership.without(3))

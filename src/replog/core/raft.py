@@ -36,7 +36,8 @@ Rules and where they come from:
   configuration; each node uses the latest one in its log, committed or not, and reverts if the
   entry is cut away. A leader proposes a change only when the previous one is committed and it
   has committed an entry of its own term (the fix for changes across elections). A leader that
-  removed itself steps down once the change commits; a node that is not a voter never campaigns.
+  removed itself steps down once the change commits. A node that is not a voter campaigns only
+  while the change that took its vote is uncommitted (see ``_promotable``).
   Every quorum decision goes through ``JointConfig``.
 """
 
@@ -339,7 +340,15 @@ class RaftNode:
                 self._send_append(member)
 
     def _promotable(self) -> bool:
-        return self.membership.is_voter(self.node_id)
+        """A voter of the latest configuration may campaign, and so may a voter of the
+        committed one while a change that took its vote is pending (thesis 4.2.2): the others
+        may still need its vote, which it refuses to a shorter log, so it must be able to win
+        and commit the change itself. It counts votes by its latest configuration, without its
+        own, and steps down once the change commits."""
+        if self.membership.is_voter(self.node_id):
+            return True
+        committed = self._config_at(self.log.commit_index)
+        return self.membership_pending and committed.is_voter(self.node_id)
 
     # ---- elections ---------------------------------------------------------------------------
 
