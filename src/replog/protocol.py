@@ -26,6 +26,10 @@ never pickle). Every message is a tagged array; its first element names its kind
   and the frame size (a larger frame is answered with ``too_large`` and the connection closed).
 * A frame that does not decode is answered with ``invalid_request`` (id 0) and the connection
   is closed: after a framing error the stream cannot be trusted.
+* A node that stops stops reading, answers every request it read, then sends a ``Failure``
+  with id 0 and code ``going_away`` and closes: every request the client has not had an
+  answer to was never read, so it is certainly not applied and may go to another node. (With
+  a write still awaiting its outcome the node cannot promise that; it closes without it.)
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from replog.statemachines import (
 )
 
 VERSION: Final = 1
+GOING_AWAY: Final = "going_away"  # the code of a node's farewell (see above)
 LENGTH: Final = struct.Struct(">I")
 FRAME_OVERHEAD_BYTES: Final = 64 * 1024  # room for ids, tags and keys around a request's payload
 

@@ -353,7 +353,7 @@ async def test_a_write_that_never_left_is_unavailable(node: FakeNode) -> None:
         client._conn.abort("dropped on purpose")
         with pytest.raises(UnknownOutcome):
             await sent
-        with pytest.raises(Unavailable, match="not sent") as caught:
+        with pytest.raises(Unavailable, match="not applied") as caught:
             await queued
         assert not isinstance(caught.value, UnknownOutcome)
     assert all(request.request.op.value != b"w" for request in node.requests)
@@ -439,6 +439,26 @@ async def test_a_failure_before_closing_explains_the_lost_requests(node: FakeNod
         node.drop()
         with pytest.raises(UnknownOutcome, match="a frame did not decode"):
             await write
+
+
+async def test_a_node_going_away_fails_what_it_did_not_read_as_unavailable(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.hold = True
+    async with await RpcClient.connect([node.address, node2.address]) as client:
+        write = asyncio.create_task(client.put("k", "v"))
+        read = asyncio.create_task(client.get("k"))
+        await node.wait_for_requests(2)
+        farewell = Failure(0, protocol.GOING_AWAY, "node n1 is stopping")
+        node.writers[0].write(protocol.frame(protocol.client_encoder.encode(farewell)))
+        for task in (write, read):
+            with pytest.raises(Unavailable, match="did not read") as caught:
+                await task
+            assert not isinstance(caught.value, UnknownOutcome)  # certainly not applied
+            assert isinstance(caught.value.__cause__, ConnectionError)
+        assert not client.connected
+        await client.put("k", "elsewhere")
+        assert client.node_id == "n2"
 
 
 # --- bad handshakes ---------------------------------------------------------------------------

@@ -151,6 +151,39 @@ async def test_a_server_that_stops_taking_requests_still_answers_those_it_took(
     conn.close()
 
 
+async def test_a_closing_server_says_it_read_nothing_it_did_not_answer(single: Served) -> None:
+    conn = await greeted(single.port)
+    conn.send(put(1, b"read", b"v"))
+    assert isinstance(await conn.receive(), protocol.Reply)
+    conn.send(protocol.Read(2, protocol.GetKey(b"read"), min_revision=1_000))  # waits
+    await asyncio.sleep(0.05)
+    conn.send(put(3, b"unread", b"v"))  # reaches the socket, but the node stops reading first
+    await single.rpc.close()
+    read = await conn.receive()
+    assert isinstance(read, protocol.Failure) and (read.id, read.code) == (2, "unavailable")
+    farewell = await conn.receive()
+    assert isinstance(farewell, protocol.Failure)
+    assert (farewell.id, farewell.code) == (0, protocol.GOING_AWAY)
+    assert await conn.closed()
+    assert single.kv.get(b"unread") is None
+
+
+async def test_a_server_with_a_write_awaiting_its_outcome_makes_no_such_promise(
+    tmp_path: Path,
+) -> None:
+    peer, other, rpc_port = free_ports(3)
+    peers = {"n1": f"127.0.0.1:{peer}", "n2": f"127.0.0.1:{other}"}  # n2 never runs
+    served = await serve(tmp_path, "n1", peers, rpc_port)
+    try:
+        conn = await greeted(rpc_port)
+        conn.send(put(1, b"k", b"v"))  # no leader: it waits
+        await asyncio.sleep(0.05)
+        await served.rpc.close()
+        assert await conn.closed()  # no going_away: the write's outcome is not known
+    finally:
+        await stop(served)
+
+
 async def test_many_requests_in_flight_are_each_answered_once(single: Served) -> None:
     conn = await greeted(single.port)
     for i in range(1, 501):

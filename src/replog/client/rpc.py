@@ -24,7 +24,9 @@ of the typed errors of ``replog.client.errors``:
   ``Unavailable`` for a read, both raised ``from`` a ``TimeoutError``;
 * the connection broke (or was closed) with the request in flight: ``UnknownOutcome`` for a
   write that had left the client, ``Unavailable`` for a read or for a write still in the
-  client's buffer (certainly not applied), raised ``from`` a ``ConnectionError``.
+  client's buffer (certainly not applied), raised ``from`` a ``ConnectionError``;
+* the node said ``going_away`` (it stops, and read none of the requests still waiting):
+  ``Unavailable`` for each, writes included, raised ``from`` a ``ConnectionError``.
 
 So ``error.code`` stays one of the API's codes and ``error.__cause__`` tells a client-side
 timeout or lost connection from a node's answer. After a break the next call reconnects, trying
@@ -260,6 +262,9 @@ class _Connection(asyncio.Protocol):
         elif type(message) is Failure:
             if not self.welcome.done():
                 self.welcome.set_result(message)  # the handshake was refused
+            elif message.code == protocol.GOING_AWAY:
+                # The node read none of the requests still waiting: none of them applied.
+                self._fail_all(f"{message.message}; it did not read the request", unread=True)
             else:
                 self.reason = f"{message.code}: {message.message}"  # the node will close
 
@@ -301,11 +306,11 @@ class _Connection(asyncio.Protocol):
     def _broken(self, reason: str, timed_out: bool = False) -> _Broken:
         return _Broken(reason, sent_through=self._sent_through, timed_out=timed_out)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, *, unread: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
-        broken = self._broken(reason)
+        broken = _Broken(reason, sent_through=0) if unread else self._broken(reason)
         pending, self.pending = self.pending, {}
         for future, _ in pending.values():
             if not future.done():
@@ -541,7 +546,9 @@ class RpcClient:
                 endpoint=self._endpoint,
             )
         elif is_write:
-            error = Unavailable(f"the write was not sent: {answer.reason}", endpoint=self._endpoint)
+            error = Unavailable(
+                f"the write was not applied: {answer.reason}", endpoint=self._endpoint
+            )
         else:
             error = Unavailable(f"the read failed: {answer.reason}", endpoint=self._endpoint)
         error.__cause__ = cause

@@ -43,6 +43,10 @@ IN_FLIGHT_MAX: Final = 4096
 # dropped SYNs were retried after 1, 3 and 7 s, and some requests timed out. The kernel caps
 # it at net.core.somaxconn.
 LISTEN_BACKLOG: Final = 4096
+# At close, how long a connection may take to end after the node's last answer (the client
+# closes on the node's end of stream). Until then the node reads and drops what comes: a
+# socket closed with unread bytes resets the connection, and the client may lose the answers.
+GOODBYE_S: Final = 1.0
 _ENCODER = msgspec.msgpack.Encoder()
 _LENGTH_ROOM = bytes(protocol.LENGTH.size)  # replaced by the body's length once encoded
 
@@ -74,10 +78,18 @@ class RpcServer:
             self._server.close()
 
     async def close(self) -> None:
+        """End every connection, saying ``going_away`` where the node can (see
+        ``_Connection.go_away``); after ``GOODBYE_S`` the connections left are aborted."""
         if self._server is not None:
             self._server.close()
+        reason = f"node {self.api.node.name} is stopping"
         for connection in list(self._connections):
-            connection.close()
+            connection.go_away(reason)
+        deadline = asyncio.get_running_loop().time() + GOODBYE_S
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for connection in list(self._connections):
+            connection.abort()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -132,10 +144,11 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.greeted = False
         self.in_flight = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.reads: dict[asyncio.Task[None], int] = {}  # the reads being served, by request id
         self.out = bytearray()  # frames to write at the end of this loop turn
         self.reading_paused = False
         self.writing_paused = False
+        self.gone = False  # go_away was called: what arrives now is dropped unread
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -149,7 +162,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
-        for task in self.tasks:
+        for task in self.reads:
             task.cancel()  # reads nobody is left to answer (writes go on: they may commit)
         self.transport = None
 
@@ -162,6 +175,8 @@ class _Connection(asyncio.Protocol):
         self._pace()
 
     def data_received(self, data: bytes) -> None:
+        if self.gone:
+            return
         try:
             frames = self.reader.feed(data)
         except protocol.FrameError as error:
@@ -194,7 +209,7 @@ class _Connection(asyncio.Protocol):
             return True
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._serve(message))
-        self.tasks.add(task)
+        self.reads[task] = message.id
         task.add_done_callback(self._served)
         return True
 
@@ -258,7 +273,8 @@ class _Connection(asyncio.Protocol):
         self._send(protocol.Reply(message.id, self.server.header(), result))
 
     def _served(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
+        if self.reads.pop(task, None) is None:
+            return  # go_away answered it
         self.in_flight -= 1
         self._pace()
 
@@ -285,12 +301,12 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self.out = self.out, bytearray()
-        if self.transport is not None and out:
+        if self.transport is not None and out and not self.gone:
             self.transport.write(out)
 
     def _pace(self) -> None:
         """Stop reading while too much is in flight or the send buffer is full."""
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.gone:
             return
         busy = self.in_flight >= IN_FLIGHT_MAX or self.writing_paused
         if busy and not self.reading_paused:
@@ -310,3 +326,32 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def go_away(self, reason: str) -> None:
+        """Take no more requests and answer the reads being served as ``unavailable``. Then,
+        unless a write still awaits its outcome, promise the client with a ``going_away``
+        failure (id 0) that nothing else it sent was read: those requests are certainly not
+        applied, and may go to another node. Then end the stream, and drop what still comes
+        until the client closes its end."""
+        if self.transport is None or self.gone:
+            return
+        reads, self.reads = self.reads, {}
+        for task, request_id in reads.items():
+            task.cancel()
+            self.in_flight -= 1
+            self._fail(request_id, Unavailable(reason))
+        if self.in_flight == 0:
+            self._add_frame(protocol.Failure(0, protocol.GOING_AWAY, reason))
+        self._flush()
+        self.gone = True
+        try:
+            self.transport.write_eof()
+        except OSError:  # the client is gone already
+            self.transport.abort()
+            return
+        if self.reading_paused:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
