@@ -1170,6 +1170,23 @@ def test_forwarded_proposal_commit_reaches_its_follower_at_once() -> None:
     assert c.data(2) == [b"a"]  # the other follower learns it from the next message, as before
 
 
+def test_proposals_forwarded_during_a_leadership_transfer_commit_under_the_next_leader() -> None:
+    # A clean stop hands leadership over; what followers forward meanwhile must not vanish
+    # (their clients would wait for their timeout and learn nothing of the outcome).
+    c, leader = committed_cluster(b"a")
+    c.nodes[3].propose(b"late")
+    late = c.take(is_msg(ForwardProposal, sender=3))  # still on its way to node 1
+    leader.transfer_leader(2)
+    c.nodes[3].propose(b"during")
+    c.deliver()
+    assert c.nodes[2].role is Role.LEADER and leader.role is Role.FOLLOWER
+    c.send(*late)  # reaches node 1 in an older term, when node 2 leads
+    c.deliver()
+    c.tick()
+    for node_id in (1, 2, 3):
+        assert sorted(c.data(node_id)) == [b"a", b"during", b"late"]
+
+
 def test_proposal_without_a_known_leader_is_refused() -> None:
     c = Cluster([1, 2, 3])
     with pytest.raises(NotLeader) as refused:

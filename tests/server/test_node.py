@@ -79,6 +79,21 @@ async def test_a_drained_leader_answers_its_writes_before_it_stops(cluster: list
     assert await others[0].wait_applied(lambda: len(machine(others[0]).items) == 200, 3)
 
 
+async def test_writes_through_a_follower_outlive_the_leaders_drain(cluster: list[Node]) -> None:
+    leader = await leader_of(cluster)
+    follower = next(n for n in cluster if n is not leader)
+    writes = [follower.submit(b"f%d" % i) for i in range(100)]
+    drained = asyncio.create_task(leader.drain(timeout_s=3))
+    for i in range(100, 300):  # forwarded while leadership moves
+        writes.append(follower.submit(b"f%d" % i))
+        await asyncio.sleep(0.001)
+    await drained
+    await leader.stop(transfer=False)
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert await follower.wait_applied(lambda: len(machine(follower).items) == 300, 3)
+
+
 async def test_a_follower_yields_the_cpu_after_each_acknowledgement(
     cluster: list[Node], monkeypatch: pytest.MonkeyPatch
 ) -> None:

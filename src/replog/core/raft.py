@@ -29,6 +29,10 @@ Rules and where they come from:
   learn a new commit index from the next append or heartbeat, or, from an idle leader, by
   the next tick (``_announce_commit``): no message is sent for the commit index alone, except
   to a follower whose forwarded proposals it commits (its clients are waiting for it).
+* Forwarding: a follower's proposal goes to the leader it knows (``ForwardProposal``). One
+  that reaches a node that cannot append it (no longer the leader, or handing leadership
+  over) was appended by nobody, so that node passes it on to its own leader, or keeps it until
+  it knows one (bounded by ``max_uncommitted_bytes``).
 * Reads (thesis 6.4): ReadIndex with a heartbeat round (see ``readonly``); lease reads as an
   opt-in that trusts check-quorum plus a clock drift bound.
 
@@ -458,6 +462,8 @@ class RaftNode:
             self._send(AppendEntriesResponse(self.term, self.node_id, m.sender, success=False))
         elif isinstance(m, RequestVote):
             self._send(RequestVoteResponse(self.term, self.node_id, m.sender, False, m.pre_vote))
+        elif isinstance(m, ForwardProposal):
+            self._keep_forwarded(m.data)  # sent to us as an older term's leader: pass it on
 
     def _dispatch(self, m: Message) -> None:
         if isinstance(m, RequestVote):
@@ -530,7 +536,21 @@ class RaftNode:
             self.campaign(transfer=True)
         elif isinstance(m, ReadIndexResponse):
             self._read_states.append(ReadState(m.context, m.index))
-        # Proposals and reads reach a follower only from a node that thinks it leads; drop them.
+        elif isinstance(m, ForwardProposal):
+            self._keep_forwarded(m.data)  # we led when it left: pass it on
+        # A read request reaches a follower only from a node that thinks it leads: dropped.
+
+    def _keep_forwarded(self, data: tuple[bytes, ...]) -> None:
+        """Forwarded proposals that reached a node that cannot append them (it no longer leads,
+        or is handing leadership over): nobody appended them, so they go on to the leader this
+        node knows, or wait for one. Beyond ``max_uncommitted_bytes`` waiting they are dropped
+        (their clients time out)."""
+        room = self.config.max_uncommitted_bytes - sum(map(len, self._forward))
+        for item in data:
+            if len(item) > room:
+                return
+            self._forward.append(item)
+            room -= len(item)
 
     # ---- leader side -------------------------------------------------------------------------
 
@@ -540,6 +560,9 @@ class RaftNode:
         elif isinstance(m, HeartbeatResponse):
             self._handle_heartbeat_response(m)
         elif isinstance(m, ForwardProposal):
+            if self._transferee != NO_NODE:
+                self._keep_forwarded(m.data)  # for the next leader
+                return
             pr = self.progress.get(m.sender)
             for data in m.data:
                 try:
@@ -894,12 +917,19 @@ class RaftNode:
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
 
+    def _can_forward(self) -> bool:
+        """Whether proposals waiting in ``_forward`` have a leader to go to: this node, unless
+        it is handing leadership over, or the leader it knows."""
+        if self.role is Role.LEADER:
+            return self._transferee == NO_NODE
+        return self.leader_id != NO_NODE
+
     def _flush(self) -> None:
-        if self._forward:
+        if self._forward and self._can_forward():
             waiting, self._forward = tuple(self._forward), []
             if self.role is Role.LEADER:
                 self._step_leader(ForwardProposal(self.term, self.node_id, self.node_id, waiting))
-            elif self.leader_id != NO_NODE:
+            else:
                 self._send(ForwardProposal(self.term, self.node_id, self.leader_id, waiting))
         if self._broadcast_pending and self.role is Role.LEADER:
             self._broadcast_append()
@@ -917,7 +947,7 @@ class RaftNode:
             self._msgs
             or self._read_states
             or self._broadcast_pending
-            or self._forward
+            or (bool(self._forward) and self._can_forward())
             or log.pending_snapshot is not None
             or log.stable_index < log.last_index()
             or log.commit_index > self._apply_from()
