@@ -16,7 +16,9 @@ Bounds: a connection holds at most ``IN_FLIGHT_MAX`` requests; at that point, or
 socket's send buffer is over its high-water mark, the node stops reading from it until answers
 have left (TCP then holds the client back). Frames are at most the request size limit plus
 ``FRAME_OVERHEAD_BYTES``. A frame over the limit, one that does not decode, or a broken
-handshake is answered with a ``Failure`` and the connection is closed.
+handshake is answered with a ``Failure`` and the connection is closed. At close the node
+answers what it read, says ``going_away`` when that covers every request it took, ends its side
+of the stream and drops what still arrives until the client closes (``_Connection.go_away``).
 """
 
 from __future__ import annotations
