@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import importlib.util
 import json
+import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -201,20 +204,42 @@ def test_endpoints_come_from_the_command_the_group_or_the_environment(cluster: A
     assert "--endpoints" in bad.stderr
 
 
+def run_until_ctrl_c(cluster: Any, *args: str, meanwhile: Callable[[], None]) -> Result:
+    """Run a command, call ``meanwhile`` from another thread after 0.3 s, then press Ctrl-C
+    until the command returns. Python's own SIGINT handler is installed for the run: a
+    process started in the background by a shell inherits SIGINT ignored, and then a
+    simulated Ctrl-C does nothing."""
+    done = threading.Event()
+
+    def press() -> None:
+        done.wait(0.3)
+        meanwhile()
+        while not done.wait(0.3):
+            _thread.interrupt_main()
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press)
+    presser.start()
+    try:
+        return run(cluster, *args)
+    finally:
+        done.set()
+        with contextlib.suppress(KeyboardInterrupt):  # a press sent as the command returned
+            presser.join()
+            time.sleep(0.05)
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_watch_prints_events_until_ctrl_c(cluster: Any) -> None:
     cluster.put("w/a", "1")
 
-    def later() -> None:
+    def changes() -> None:
         cluster.put("w/b", "2")
         cluster.put("other", "3")
         cluster.in_loop(lambda: cluster.store.txn({"success": [{"delete": {"key": "w/a"}}]}))
-        threading.Event().wait(0.3)
-        _thread.interrupt_main()
 
-    timer = threading.Timer(0.3, later)
-    timer.start()
-    result = run(cluster, "watch", "--prefix", "w/", "--start-revision", "1")
-    timer.join()
+    args = ("watch", "--prefix", "w/", "--start-revision", "1")
+    result = run_until_ctrl_c(cluster, *args, meanwhile=changes)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "PUT w/a = 1 (revision 1)",
@@ -226,10 +251,8 @@ def test_watch_prints_events_until_ctrl_c(cluster: Any) -> None:
 def test_watch_json_prints_one_event_per_line(cluster: Any) -> None:
     cluster.put("k", "1")
     cluster.put("k", "2")
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    result = run(cluster, "-o", "json", "watch", "k", "--start-revision", "2")
-    timer.join()
+    args = ("-o", "json", "watch", "k", "--start-revision", "2")
+    result = run_until_ctrl_c(cluster, *args, meanwhile=lambda: None)
     assert result.exit_code == 0
     (line,) = result.stdout.splitlines()
     event = json.loads(line)
