@@ -132,6 +132,26 @@ def test_5_1_stale_candidate_learns_the_term_from_a_refused_vote() -> None:
     assert (candidate.role, candidate.term) == (Role.FOLLOWER, 5)
 
 
+def test_5_2_refusing_a_vote_does_not_restart_the_election_timer() -> None:
+    # Figure 2: a follower campaigns when its election timeout elapses without hearing from the
+    # leader or granting a vote. A candidate whose short log cannot win, campaigning again and
+    # again with ever higher terms, must not hold back the voter that can win (a simulated
+    # cluster stayed leaderless for 1.9 s that way).
+    states = {1: persisted(3, 1, 1, 1), 2: persisted(3, 1, 1, 1), 3: persisted(3, 1)}
+    c = Cluster([1, 2, 3], states=states, **CLASSIC)
+    voter = c.nodes[1]
+    term = voter.term
+    for tick in range(4 * ELECTION_TICKS):
+        if tick % 3 == 0 and voter.role is Role.FOLLOWER:
+            term += 1
+            voter.step(RequestVote(term, 3, 1, last_log_index=1, last_log_term=1))
+            assert voter.voted_for != 3
+        voter.tick()
+        if voter.role is Role.CANDIDATE:
+            break
+    assert voter.role is Role.CANDIDATE
+
+
 # ==== 5.2 Leader election ====================================================================
 
 

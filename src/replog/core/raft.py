@@ -13,8 +13,9 @@ Rules and where they come from:
 * Terms (Raft 5.1): a message from a higher term makes the node a follower of that term; a
   request from a lower term (append, heartbeat, snapshot, vote) is refused with the current
   term, so that its stale sender steps down; a stale answer is ignored.
-* Election (5.2, 5.4.1): randomized timeouts in [T, 2T) ticks; one vote per term, made durable
-  before the reply leaves (the Ready order); a vote only for a log at least as up to date.
+* Election (5.2, 5.4.1): randomized timeouts in [T, 2T) ticks, restarted by the leader or a
+  granted vote but not by a refused one (Figure 2); one vote per term, made durable before the
+  reply leaves (the Ready order); a vote only for a log at least as up to date.
   Pre-vote (thesis 9.6) asks first without raising terms, so a node that was cut off cannot
   disrupt a healthy leader when it returns. With check-quorum (thesis 6.2) a leader that has not
   heard from a quorum within an election timeout steps down, and a follower that heard from a
@@ -451,7 +452,13 @@ class RaftNode:
         if isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
             return True
         leader = m.sender if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else 0
+        elapsed, was_leader = self._election_elapsed, self.role is Role.LEADER
         self._become_follower(m.term, leader)
+        if isinstance(m, RequestVote) and not was_leader:
+            # Figure 2: only the leader or a granted vote restarts the election timer. A voter
+            # that refuses a candidate with a shorter log keeps counting, so doomed candidacies
+            # at ever higher terms cannot keep the node that can win from campaigning.
+            self._election_elapsed = elapsed
         return True
 
     def _answer_stale(self, m: Message) -> None:
