@@ -33,6 +33,16 @@ def grown(ids: list[int], start: list[int], **config: object) -> tuple[Cluster, 
     return c, leader
 
 
+def serving_leader(c: Cluster, *candidates: int) -> RaftNode:
+    """The leader, one of ``candidates``, after checking that it commits a new write."""
+    leader = c.leader()
+    assert leader is not None and leader.node_id in candidates
+    leader.propose(b"after")
+    c.deliver()
+    assert b"after" in c.data(leader.node_id)
+    return leader
+
+
 def test_config_entries_round_trip_with_their_context() -> None:
     config = Configuration(voters=frozenset({1, 2}), learners=frozenset({7}))
     assert decode_config(encode_config(config, b"\x00meta")) == (config, b"\x00meta")
@@ -144,12 +154,8 @@ def test_4_2_2_a_leader_that_removes_itself_steps_down_after_the_commit() -> Non
     c.deliver()
     assert leader.role is Role.FOLLOWER
     c.tick(60)
-    new_leader = c.leader()
-    assert new_leader is not None and new_leader.node_id in (2, 3)
+    serving_leader(c, 2, 3)
     assert c.nodes[1].role is Role.FOLLOWER  # the removed node never campaigns
-    new_leader.propose(b"after")
-    c.deliver()
-    assert b"after" in c.data(new_leader.node_id)
 
 
 def test_4_2_2_a_demoted_voter_holding_the_change_stands_as_candidate() -> None:
@@ -163,13 +169,8 @@ def test_4_2_2_a_demoted_voter_holding_the_change_stands_as_candidate() -> None:
     c.take()
     c.down.add(1)
     c.tick(60)
-    new_leader = c.leader()
-    assert new_leader is not None and new_leader.node_id in (3, 4)
-    assert new_leader.commit_index >= index
+    assert serving_leader(c, 3, 4).commit_index >= index
     assert c.nodes[2].role is Role.FOLLOWER  # it led only until its demotion committed
-    new_leader.propose(b"after")
-    c.deliver()
-    assert b"after" in c.data(new_leader.node_id)
 
 
 def test_4_2_2_a_removed_leader_holding_the_change_stands_as_candidate() -> None:
@@ -186,8 +187,7 @@ def test_4_2_2_a_removed_leader_holding_the_change_stands_as_candidate() -> None
     assert c.leader() is None
     c.heal()
     c.tick(60)
-    new_leader = c.leader()
-    assert new_leader is not None and new_leader.node_id in (2, 4)
+    new_leader = serving_leader(c, 2, 4)
     assert new_leader.membership == voters(2, 3, 4)
     assert new_leader.commit_index >= index
     assert c.nodes[1].role is Role.FOLLOWER
