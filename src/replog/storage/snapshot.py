@@ -97,8 +97,8 @@ def prepare_snapshot_file(
     disk: Disk, directory: str, identity: Identity, snapshot: Snapshot
 ) -> str:
     """The slow half of ``write_snapshot``: the file written and fsynced under a temporary
-        name of its own, whose path is returned (``publish`` gives it the snapshot's name). It
-    is synced piece by piece, so that the log's fsyncs meanwhile do not wait for all of it."""
+    name of its own, whose path is returned (``publish`` gives it the snapshot's name). It is
+    synced piece by piece, so that the log's fsyncs meanwhile do not wait for all of it."""
     meta = snapshot.meta
     assert meta.index >= 1 and meta.term >= 1, "a snapshot covers at least one entry"
     temporary = snapshot_name(meta.index, meta.term) + PREPARED_SUFFIX + TMP_SUFFIX
