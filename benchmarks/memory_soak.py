@@ -268,6 +268,7 @@ class Run:
             await RpcClient.connect(
                 addresses[i % len(addresses) :] + addresses[: i % len(addresses)],
                 timeout_s=30.0,
+                retry_timeout_s=0.0,  # errors are counted; keys only with --idempotency-keys
             )
             for i in range(settings.connections)
         ]

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -193,11 +194,17 @@ async def closed_port() -> int:
     return port
 
 
+async def connect(endpoints: str | list[str], **options: Any) -> RpcClient:
+    """A client that makes one attempt per call (retries have their own tests below)."""
+    options.setdefault("retry_timeout_s", 0.0)
+    return await RpcClient.connect(endpoints, **options)
+
+
 # --- handshake and basic calls --------------------------------------------------------------
 
 
 async def test_handshake_and_every_call(node: FakeNode) -> None:
-    async with await RpcClient.connect(node.address, cluster_id="c1") as client:
+    async with await connect(node.address, cluster_id="c1") as client:
         assert client.node_id == "n1" and client.endpoint == node.address
         assert node.hellos == [protocol.Hello(protocol.VERSION, "c1")]
         assert client.header is None
@@ -232,7 +239,7 @@ async def test_endpoint_forms() -> None:
 
 
 async def test_bad_arguments_are_refused_before_sending(node: FakeNode) -> None:
-    async with await RpcClient.connect([node.address]) as client:
+    async with await connect([node.address]) as client:
         with pytest.raises(ValueError, match="consistency"):
             await client.get("k", consistency="eventual")
         with pytest.raises(ValueError, match="limit"):
@@ -249,7 +256,7 @@ async def test_many_requests_in_flight_on_one_connection_answered_out_of_order(
     node: FakeNode,
 ) -> None:
     node.reverse_batch = 100
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         results = await asyncio.gather(*(client.put(f"k{i}", f"v{i}") for i in range(300)))
     assert [r.kv.value for r in results] == [f"v{i}".encode() for i in range(300)]
     assert len(node.writers) == 1 and len(node.hellos) == 1
@@ -259,7 +266,7 @@ async def test_many_requests_in_flight_on_one_connection_answered_out_of_order(
 
 async def test_in_flight_requests_are_bounded(node: FakeNode) -> None:
     node.hold = True
-    async with await RpcClient.connect(node.address, max_in_flight=3) as client:
+    async with await connect(node.address, max_in_flight=3) as client:
         calls = [asyncio.create_task(client.put(f"k{i}", "v")) for i in range(10)]
         await node.wait_for_requests(3)
         await asyncio.sleep(0.05)
@@ -296,7 +303,7 @@ async def test_failure_codes_map_to_the_typed_errors(
     node: FakeNode, code: str, cls: type[ReplogClientError]
 ) -> None:
     node.fail_code = code
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         with pytest.raises(cls) as caught:
             await client.put("k", "v")
         if code != "key_not_found":
@@ -313,7 +320,7 @@ async def test_failure_codes_map_to_the_typed_errors(
 
 async def test_an_unexpected_result_is_a_server_error(node: FakeNode) -> None:
     node.wrong_result = True
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         with pytest.raises(ServerError, match="expected a PutResult"):
             await client.put("k", "v")
 
@@ -325,7 +332,7 @@ async def test_a_lost_connection_fails_writes_as_unknown_and_reads_as_unavailabl
     node: FakeNode,
 ) -> None:
     node.hold = True
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         write = asyncio.create_task(client.put("k", "v"))
         read = asyncio.create_task(client.get("k"))
         await node.wait_for_requests(2)
@@ -345,7 +352,7 @@ async def test_a_lost_connection_fails_writes_as_unknown_and_reads_as_unavailabl
 async def test_a_write_that_never_left_is_unavailable(node: FakeNode) -> None:
     """On an idle connection a request leaves at once; while one is in flight the next ones
     wait for the end of the loop turn. A break before that turn ends loses only the sent one."""
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         sent = asyncio.create_task(client.put("k", "v"))
         queued = asyncio.create_task(client.put("k", "w"))
         await asyncio.sleep(0)  # both submitted: the first was written, the second is queued
@@ -360,7 +367,7 @@ async def test_a_write_that_never_left_is_unavailable(node: FakeNode) -> None:
 
 
 async def test_reconnects_to_the_next_endpoint(node: FakeNode, node2: FakeNode) -> None:
-    async with await RpcClient.connect([node.address, node2.address]) as client:
+    async with await connect([node.address, node2.address]) as client:
         await client.put("k", "v")
         assert client.node_id == "n1"
         await node.stop()
@@ -373,7 +380,7 @@ async def test_reconnects_to_the_next_endpoint(node: FakeNode, node2: FakeNode) 
 
 async def test_the_first_endpoint_down_connects_to_the_next(node2: FakeNode) -> None:
     port = await closed_port()
-    async with await RpcClient.connect([f"127.0.0.1:{port}", node2.address]) as client:
+    async with await connect([f"127.0.0.1:{port}", node2.address]) as client:
         assert client.node_id == "n2"
 
 
@@ -381,7 +388,7 @@ async def test_no_endpoint_answering_is_unavailable_within_the_timeout() -> None
     port = await closed_port()
     started = time.monotonic()
     with pytest.raises(Unavailable, match="no endpoint answered") as caught:
-        await RpcClient.connect(f"127.0.0.1:{port}", timeout_s=0.3)
+        await connect(f"127.0.0.1:{port}", timeout_s=0.3)
     assert caught.value.code == "unreachable"
     assert 0.25 < time.monotonic() - started < 2.0
 
@@ -390,7 +397,7 @@ async def test_a_timed_out_write_is_unknown_and_a_timed_out_read_unavailable(
     node: FakeNode,
 ) -> None:
     node.hold = True
-    async with await RpcClient.connect(node.address, timeout_s=0.2) as client:
+    async with await connect(node.address, timeout_s=0.2) as client:
         started = time.monotonic()
         write = asyncio.create_task(client.put("k", "v"))
         read = asyncio.create_task(client.get("k"))
@@ -401,15 +408,15 @@ async def test_a_timed_out_write_is_unknown_and_a_timed_out_read_unavailable(
         assert 0.18 < time.monotonic() - started < 1.5
         assert isinstance(timed_out_write.value.__cause__, TimeoutError)
         assert isinstance(timed_out_read.value.__cause__, TimeoutError)
-        node.release()  # late answers are dropped; the connection stays usable
+        node.release()  # late answers are dropped
         node.hold = False
         assert (await client.put("k", "v2")).kv.version == 2
-        assert len(node.hellos) == 1
+        assert len(node.hellos) == 2  # a connection that timed out is not used again
 
 
 async def test_closing_fails_requests_in_flight_and_later_calls(node: FakeNode) -> None:
     node.hold = True
-    client = await RpcClient.connect(node.address)
+    client = await connect(node.address)
     write = asyncio.create_task(client.put("k", "v"))
     await node.wait_for_requests(1)
     await client.close()
@@ -421,7 +428,7 @@ async def test_closing_fails_requests_in_flight_and_later_calls(node: FakeNode) 
 
 async def test_garbage_from_the_node_breaks_the_connection(node: FakeNode) -> None:
     node.hold = True
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         read = asyncio.create_task(client.get("k"))
         await node.wait_for_requests(1)
         node.writers[0].write(protocol.frame(b"\xc1 not msgpack"))
@@ -431,7 +438,7 @@ async def test_garbage_from_the_node_breaks_the_connection(node: FakeNode) -> No
 
 async def test_a_failure_before_closing_explains_the_lost_requests(node: FakeNode) -> None:
     node.hold = True
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         write = asyncio.create_task(client.put("k", "v"))
         await node.wait_for_requests(1)
         bad = Failure(0, "invalid_request", "a frame did not decode")
@@ -445,7 +452,7 @@ async def test_a_node_going_away_fails_what_it_did_not_read_as_unavailable(
     node: FakeNode, node2: FakeNode
 ) -> None:
     node.hold = True
-    async with await RpcClient.connect([node.address, node2.address]) as client:
+    async with await connect([node.address, node2.address]) as client:
         write = asyncio.create_task(client.put("k", "v"))
         read = asyncio.create_task(client.get("k"))
         await node.wait_for_requests(2)
@@ -461,39 +468,168 @@ async def test_a_node_going_away_fails_what_it_did_not_read_as_unavailable(
         assert client.node_id == "n2"
 
 
+# --- retries ------------------------------------------------------------------------------------
+
+
+def keys_of(fake: FakeNode) -> list[str | None]:
+    return [r.request.idempotency_key for r in fake.requests if isinstance(r, Write)]
+
+
+async def test_a_refused_write_is_retried_on_the_next_node_with_one_key(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.fail_code = "unavailable"
+    async with await RpcClient.connect([node.address, node2.address], session_id="s1") as client:
+        assert (await client.put("k", "v")).kv.value == b"v"
+        assert client.node_id == "n2"
+        assert (await client.put("k", "w", idempotency_key="mine")).kv.value == b"w"
+    assert keys_of(node) == ["s1-1"] and keys_of(node2) == ["s1-1", "mine"]
+
+
+async def test_reads_are_retried_and_answers_that_retrying_cannot_change_are_not(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.fail_code = "unavailable"
+    async with await RpcClient.connect([node.address, node2.address]) as client:
+        assert await client.get("missing") is None  # key_not_found, from n2
+        assert len(node.requests) == 1 and len(node2.requests) == 1
+        node2.fail_code = "invalid_request"
+        with pytest.raises(InvalidRequest):
+            await client.range("k")
+        assert len(node2.requests) == 2  # raised at once
+
+
+async def test_a_write_that_may_have_applied_is_retried_with_its_key(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.hold = True
+    async with await RpcClient.connect([node.address, node2.address], session_id="s1") as client:
+        write = asyncio.create_task(client.put("k", "v"))
+        await node.wait_for_requests(1)
+        node.drop()  # the write may have applied at n1: n2 gets it with the same key
+        assert (await write).kv.value == b"v"
+    assert keys_of(node) == keys_of(node2) == ["s1-1"]
+
+
+async def test_a_timed_out_write_is_retried_on_the_next_node(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.hold = True
+    endpoints = [node.address, node2.address]
+    async with await RpcClient.connect(endpoints, timeout_s=0.2, session_id="s1") as client:
+        assert (await client.put("k", "v")).kv.value == b"v"
+    assert keys_of(node) == keys_of(node2) == ["s1-1"]
+
+
+async def test_a_write_that_may_have_applied_never_ends_unavailable(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    """After an attempt that may have applied it, a write whose later attempts are refused
+    ends in ``UnknownOutcome`` (naming the key to retry with), not ``Unavailable``."""
+    node.hold = True
+    node2.fail_code = "unavailable"
+    endpoints = [node.address, node2.address]
+    async with await RpcClient.connect(endpoints, retry_timeout_s=0.3, session_id="s1") as client:
+        write = asyncio.create_task(client.put("k", "v"))
+        await node.wait_for_requests(1)
+        node.hold = False
+        node.fail_code = "unavailable"
+        node.drop()
+        started = time.monotonic()
+        with pytest.raises(UnknownOutcome, match="idempotency key s1-1") as caught:
+            await write
+        assert time.monotonic() - started < 1.5
+    assert "attempts" in caught.value.message and "told to fail" in caught.value.message
+    assert len(node.requests) + len(node2.requests) >= 3
+
+
+async def test_retries_stop_after_retry_timeout(node: FakeNode, node2: FakeNode) -> None:
+    node.fail_code = node2.fail_code = "unavailable"
+    endpoints = [node.address, node2.address]
+    async with await RpcClient.connect(endpoints, retry_timeout_s=0.3) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="gave up after") as caught:
+            await client.put("k", "v")
+        assert 0.25 < time.monotonic() - started < 1.5
+    assert not isinstance(caught.value, UnknownOutcome)  # every attempt was refused
+    assert caught.value.code == "unavailable"
+    assert len(node.requests) >= 2 and len(node2.requests) >= 2  # the nodes took turns
+
+
+async def test_a_retired_connection_still_answers_what_was_sent_on_it(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.hold = True
+    async with await RpcClient.connect([node.address, node2.address]) as client:
+        first = asyncio.create_task(client.put("k", "v"))
+        await node.wait_for_requests(1)
+        node.hold, node.fail_code = False, "unavailable"
+        assert await client.get("k") is None  # refused by n1, answered by n2
+        assert client.node_id == "n2"
+        old_connection = node.writers[0].transport
+        await asyncio.sleep(0.05)
+        assert not old_connection.is_closing()  # a write is still in flight on it
+        node.fail_code = None
+        node.release()
+        assert (await first).kv.value == b"v"  # answered on the retired connection
+        for _ in range(100):
+            if old_connection.is_closing():
+                break
+            await asyncio.sleep(0.01)
+        assert old_connection.is_closing()  # closed by the client once it had answered
+        assert len(node.hellos) == 1 and len(node.requests) == 2
+
+
+async def test_closing_the_client_ends_its_retries(node: FakeNode) -> None:
+    node.fail_code = "unavailable"
+    client = await RpcClient.connect(node.address)
+    read = asyncio.create_task(client.get("k"))
+    await node.wait_for_requests(2)
+    await client.close()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(read, 1.0)
+
+
+def test_retry_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="retry_timeout_s"):
+        RpcClient("a:1", retry_timeout_s=-1)
+    with pytest.raises(ValueError, match="session_id"):
+        RpcClient("a:1", session_id="has space")
+
+
 # --- bad handshakes ---------------------------------------------------------------------------
 
 
 async def test_a_wrong_version_is_refused(node: FakeNode, node2: FakeNode) -> None:
     node.welcome = lambda hello: protocol.Welcome(protocol.VERSION + 1, "n1", "c1")
     with pytest.raises(InvalidRequest, match="protocol version 2") as caught:
-        await RpcClient.connect([node.address, node2.address])
+        await connect([node.address, node2.address])
     assert caught.value.code == "version_mismatch"
     assert node2.hellos == []  # a refusal is not a reason to try elsewhere
 
 
 async def test_a_different_cluster_is_refused(node: FakeNode) -> None:
     with pytest.raises(InvalidRequest, match="cluster 'c1', not 'other'"):
-        await RpcClient.connect(node.address, cluster_id="other")
+        await connect(node.address, cluster_id="other")
 
 
 async def test_a_refusing_node_raises_its_error(node: FakeNode) -> None:
     node.welcome = lambda hello: Failure(0, "invalid_request", "cluster id mismatch")
     with pytest.raises(InvalidRequest, match="cluster id mismatch"):
-        await RpcClient.connect(node.address)
+        await connect(node.address)
 
 
 async def test_an_unavailable_node_at_handshake_sends_the_client_on(
     node: FakeNode, node2: FakeNode
 ) -> None:
     node.welcome = lambda hello: Failure(0, "unavailable", "starting up")
-    async with await RpcClient.connect([node.address, node2.address]) as client:
+    async with await connect([node.address, node2.address]) as client:
         assert client.node_id == "n2"
 
 
 async def test_a_request_over_the_nodes_frame_limit_is_refused_here(node: FakeNode) -> None:
     node.welcome = lambda hello: protocol.Welcome(protocol.VERSION, "n1", "c1", 1_000)
-    async with await RpcClient.connect(node.address) as client:
+    async with await connect(node.address) as client:
         in_flight = asyncio.ensure_future(client.put("small", "v"))
         with pytest.raises(TooLarge, match="over the node's limit of 1000"):
             await client.put("big", "v" * 2_000)
@@ -507,7 +643,7 @@ def test_the_client_runs_on_uvloop() -> None:
     async def scenario() -> bytes | None:
         fake = await FakeNode().start()
         try:
-            async with await RpcClient.connect(fake.address, timeout_s=2) as client:
+            async with await connect(fake.address, timeout_s=2) as client:
                 await client.put("k", "on uvloop")
                 kv = await client.get("k")
                 return None if kv is None else kv.value

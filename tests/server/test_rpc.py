@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 import time
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 
 from replog import protocol
+from replog.client import RpcClient
 from replog.server.app import APPLY_LIMITS
 from replog.server.http import Api, ApiOptions
 from replog.server.node import Node, NodeOptions
@@ -54,7 +56,7 @@ async def serve(tmp: Path, name: str, peers: dict[str, str], rpc_port: int) -> S
     return Served(node, kv, rpc, rpc_port)
 
 
-async def stop(served: Served) -> None:
+async def stop_node(served: Served) -> None:
     await served.rpc.close()
     if not served.node.stopped:
         await served.node.stop(transfer=False)
@@ -68,7 +70,7 @@ async def single(tmp_path: Path) -> AsyncIterator[Served]:
         while not served.node.is_leader:
             await asyncio.sleep(0.01)
     yield served
-    await stop(served)
+    await stop_node(served)
 
 
 class Conn:
@@ -181,7 +183,7 @@ async def test_a_server_with_a_write_awaiting_its_outcome_makes_no_such_promise(
         await served.rpc.close()
         assert await conn.closed()  # no going_away: the write's outcome is not known
     finally:
-        await stop(served)
+        await stop_node(served)
 
 
 async def test_many_requests_in_flight_are_each_answered_once(single: Served) -> None:
@@ -328,7 +330,62 @@ async def test_a_follower_serves_writes_and_linearizable_reads(tmp_path: Path) -
         conn.close()
     finally:
         for served in nodes:
-            await stop(served)
+            await stop_node(served)
+
+
+async def test_writers_that_retry_lose_nothing_when_the_leader_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """The stop of ``replog serve`` (stop taking requests, hand leadership over, close)
+    under 8 writers of one ``RpcClient`` with its default retries: no call fails, and every
+    acknowledged write is there afterwards."""
+    ports = free_ports(6)
+    peers = {f"n{i + 1}": f"127.0.0.1:{ports[i]}" for i in range(3)}
+    nodes = [await serve(tmp_path, name, peers, ports[3 + i]) for i, name in enumerate(peers)]
+    try:
+        async with asyncio.timeout(5):
+            while not any(s.node.is_leader for s in nodes):
+                await asyncio.sleep(0.01)
+        leader = next(s for s in nodes if s.node.is_leader)
+        order = [leader] + [s for s in nodes if s is not leader]
+        client = await RpcClient.connect([f"127.0.0.1:{s.port}" for s in order])
+        acknowledged: list[bytes] = []
+        errors: list[Exception] = []
+        stop = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                key = f"w{w}/{i}".encode()
+                try:
+                    await client.put(key, b"v")
+                except Exception as error:
+                    errors.append(error)
+                else:
+                    acknowledged.append(key)
+
+        writers = [asyncio.create_task(writer(w)) for w in range(8)]
+        while len(acknowledged) < 200:
+            await asyncio.sleep(0.01)
+        leader.rpc.stop_taking()
+        await leader.node.drain(2.0)
+        await stop_node(leader)
+        count = len(acknowledged)
+        async with asyncio.timeout(10):
+            while len(acknowledged) < count + 200:
+                await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*writers)
+        assert errors == []
+        assert client.node_id != leader.node.name
+        for key in acknowledged:
+            kv = await client.get(key)
+            assert kv is not None and kv.value == b"v"
+        await client.close()
+    finally:
+        for served in nodes:
+            await stop_node(served)
 
 
 def test_frame_reader_cuts_frames_across_reads() -> None:

@@ -18,7 +18,8 @@ aiohttp does not support it; concurrency comes from many connections with one re
 Over RPC (``replog.client.RpcClient``, the job's ``urls`` are then ``host:port`` RPC addresses)
 the process opens ``connections`` connections per address (at most one per client of it) before
 it says it is ready, and deals that address's clients over them round-robin: many clients share
-one connection, their requests in flight together. A failed RPC call counts as ``timeout`` (no
+one connection, their requests in flight together. Calls are not retried (as over HTTP), so
+every failure is counted: a failed RPC call counts as ``timeout`` (no
 answer in time), ``connection`` (the connection broke or no node answered) or ``rpc:<code>``
 (the node's error code, as over HTTP a missing key on a read is ``rpc:key_not_found``).
 """
@@ -206,7 +207,9 @@ async def _rpc_clients(job: Job, stack: contextlib.AsyncExitStack) -> list[Clien
     for address, clients in collections.Counter(job.urls).items():
         connections: list[RpcClient] = []
         for _ in range(min(job.connections, clients)):
-            connection = await RpcClient.connect(address, timeout_s=job.workload.timeout_s)
+            connection = await RpcClient.connect(
+                address, timeout_s=job.workload.timeout_s, retry_timeout_s=0.0
+            )
             stack.push_async_callback(connection.close)
             connections.append(connection)
         for k in range(clients):

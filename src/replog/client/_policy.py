@@ -300,9 +300,7 @@ class Attempts:
         return self._retry()
 
     def _retry(self) -> Retry:
-        backoff_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self._count, 16))
-        remaining_s = max(0.0, self._deadline - self._clock())
-        return Retry(min(remaining_s, backoff_s * self._rng.uniform(0.5, 1.0)))
+        return Retry(retry_delay_s(self._count, self._deadline - self._clock(), self._rng))
 
     @property
     def last_error(self) -> ReplogClientError:
@@ -316,14 +314,7 @@ class Attempts:
         last_text = f"last error: {last.code}: {last.message}"
         within = f"{self.retry_timeout_s:g} s and {self._count} attempts"
         if self.request.is_write and self._maybe_applied:
-            return UnknownOutcome(
-                f"the write may or may not have been applied (idempotency key "
-                f"{self.request.idempotency_key}; retrying with it is safe); gave up after "
-                f"{within}; {last_text}",
-                status=last.status,
-                header=last.header,
-                endpoint=last.endpoint,
-            )
+            return outcome_unknown(self.request.idempotency_key, within, last)
         if not self._answered:
             return Unavailable(
                 f"no endpoint reachable within {within}; {last_text}",
@@ -336,6 +327,24 @@ class Attempts:
             header=last.header,
             endpoint=last.endpoint,
         )
+
+
+def retry_delay_s(attempts: int, remaining_s: float, rng: random.Random) -> float:
+    """The pause before the next attempt: exponential in the attempts made so far, with
+    jitter (clients that failed together do not come back together), never past the deadline."""
+    backoff_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** min(attempts, 16))
+    return max(0.0, min(remaining_s, backoff_s * rng.uniform(0.5, 1.0)))
+
+
+def outcome_unknown(key: str | None, within: str, last: ReplogClientError) -> UnknownOutcome:
+    """The final error of a write that one attempt may have applied."""
+    return UnknownOutcome(
+        f"the write may or may not have been applied (idempotency key {key}; retrying with it "
+        f"is safe); gave up after {within}; last error: {last.code}: {last.message}",
+        status=last.status,
+        header=last.header,
+        endpoint=last.endpoint,
+    )
 
 
 class WatchCursor:

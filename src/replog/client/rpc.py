@@ -17,7 +17,7 @@ order are also deadlines in order and the sweep stops at the first one not yet d
 
 Futures are only ever resolved with a value (a ``Reply``, a ``Failure`` or a ``_Broken``
 marker), never an exception, and the calling coroutine turns that value into a result or one
-of the typed errors of ``replog.client.errors``:
+of the typed errors of ``replog.client.errors``; for one attempt:
 
 * a ``Failure`` from the node: the class of its ``code`` (``status`` is None: no HTTP here);
 * no answer within ``timeout_s``: ``UnknownOutcome`` for a write (it may still apply),
@@ -33,8 +33,19 @@ timeout or lost connection from a node's answer. After a break the next call rec
 the endpoints in turn from the one after the broken connection's, with a short growing backoff
 between rounds, and raises ``Unavailable`` (code ``unreachable``) when none has answered within
 ``timeout_s``. Any node accepts writes and linearizable reads (followers forward them through
-Raft), so there is no leader to look for. Calls are not retried: a caller that wants a write
-applied exactly once retries it itself with the same idempotency key.
+Raft), so there is no leader to look for.
+
+Retries (``retry_timeout_s``, 15 s by default as in the HTTP clients; 0 turns them off): a call
+whose attempt failed with ``Unavailable`` or ``UnknownOutcome`` is tried again after a pause
+(exponential backoff with jitter) until ``retry_timeout_s`` has passed since it began; any other
+error is raised at once. The connection of such an attempt (broken, timed out, or its node could
+not serve the request) is retired: new requests go to a new connection to the next endpoint,
+while those already sent on it are answered there, and it closes once none is left. With
+retries on, a write without an idempotency key takes one from the client's session
+(``<session_id>-<n>``), so all its attempts carry the same key and it is applied at most once.
+Invariant: once an attempt may have applied a write, the call ends in its result or in
+``UnknownOutcome``, never ``Unavailable``. The error of a call that was retried tells how many
+attempts it made, and keeps the last attempt's ``__cause__``.
 
 At most ``max_in_flight`` requests are in flight per client; further callers wait for a slot.
 When the socket's send buffer fills (the transport pauses writing), callers wait until it drains.
@@ -45,15 +56,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import socket
 import urllib.parse
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, TypeVar, cast
 
 import msgspec
 
 from replog import protocol
+from replog.client._policy import (
+    RETRYABLE_CODES,
+    check_session_id,
+    outcome_unknown,
+    retry_delay_s,
+)
 from replog.client.errors import (
     _BY_CODE,
     InvalidRequest,
@@ -94,6 +113,7 @@ __all__ = ["RpcClient", "parse_endpoint"]
 T = TypeVar("T")
 MAX_IN_FLIGHT_DEFAULT: Final = 4096
 CONNECT_TIMEOUT_DEFAULT_S: Final = 2.0
+RETRY_TIMEOUT_DEFAULT_S: Final = 15.0
 FRAME_BYTES_MAX_DEFAULT: Final = 64 * 1024 * 1024
 BACKOFF_MIN_S: Final = 0.02
 BACKOFF_MAX_S: Final = 0.5
@@ -172,6 +192,7 @@ class _Connection(asyncio.Protocol):
         self.welcome: asyncio.Future[Welcome | Failure | _Broken] = loop.create_future()
         self.header: Header | None = None
         self.closed = False
+        self.retired = False  # no new requests: close once those in flight are answered
         self.reason = ""  # why the node said it would close (a Failure with an unknown id)
         self.writable: asyncio.Future[None] | None = None  # set while writing is paused
         self.node_frame_bytes_max = 0  # from Welcome; 0 until then (or if the node says none)
@@ -259,6 +280,8 @@ class _Connection(asyncio.Protocol):
         if entry is not None:
             if not entry[0].done():
                 entry[0].set_result(message)
+            if self.retired and not self.pending:
+                self.close()
         elif type(message) is Failure:
             if not self.welcome.done():
                 self.welcome.set_result(message)  # the handshake was refused
@@ -303,6 +326,12 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def retire(self) -> None:
+        """Take no new requests; close once every request in flight has its answer."""
+        self.retired = True
+        if not self.pending:
+            self.close()
+
     def _broken(self, reason: str, timed_out: bool = False) -> _Broken:
         return _Broken(reason, sent_through=self._sent_through, timed_out=timed_out)
 
@@ -338,6 +367,8 @@ class _Connection(asyncio.Protocol):
                     future.set_result(broken)
         if self.pending and not self.closed:
             self._sweep = self.loop.call_later(self.sweep_s, self._expire)
+        elif self.retired:
+            self.close()
 
 
 class RpcClient:
@@ -353,17 +384,23 @@ class RpcClient:
         *,
         cluster_id: str = "",
         timeout_s: float = 10.0,
+        retry_timeout_s: float = RETRY_TIMEOUT_DEFAULT_S,
+        session_id: str | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_DEFAULT_S,
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
     ) -> None:
         if not timeout_s > 0 or not connect_timeout_s > 0:
             raise ValueError("timeouts must be more than 0 seconds")
+        if not retry_timeout_s >= 0:
+            raise ValueError("retry_timeout_s must be 0 (no retries) or more")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.endpoints = _parse_endpoints(endpoints)
         self.cluster_id = cluster_id
         self.timeout_s = timeout_s
+        self.retry_timeout_s = retry_timeout_s
+        self.session_id = check_session_id(session_id or uuid.uuid4().hex)
         self.connect_timeout_s = connect_timeout_s
         self.max_in_flight = max_in_flight
         self.frame_bytes_max = frame_bytes_max
@@ -371,6 +408,9 @@ class RpcClient:
         self._connecting = asyncio.Lock()
         self._ids = itertools.count(1)
         self._conn: _Connection | None = None
+        self._retired: list[_Connection] = []  # still answering what was sent on them
+        self._writes = itertools.count(1)  # the session's sequence, for idempotency keys
+        self._rng = random.Random()
         self._next_endpoint = 0
         self._endpoint = ""
         self._node_id = ""
@@ -384,16 +424,22 @@ class RpcClient:
         *,
         cluster_id: str = "",
         timeout_s: float = 10.0,
+        retry_timeout_s: float = RETRY_TIMEOUT_DEFAULT_S,
+        session_id: str | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_DEFAULT_S,
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
     ) -> RpcClient:
         """A client connected to the first endpoint that answers (``Unavailable`` if none
-        does within ``timeout_s``; the handshake's error if a node refuses it)."""
+        does within ``timeout_s``; the handshake's error if a node refuses it). Calls are
+        retried for up to ``retry_timeout_s`` (0: never); ``session_id`` names the
+        idempotency keys of writes that have none (default: a random one)."""
         client = cls(
             endpoints,
             cluster_id=cluster_id,
             timeout_s=timeout_s,
+            retry_timeout_s=retry_timeout_s,
+            session_id=session_id,
             connect_timeout_s=connect_timeout_s,
             max_in_flight=max_in_flight,
             frame_bytes_max=frame_bytes_max,
@@ -447,11 +493,11 @@ class RpcClient:
         """The key's current value, or None when it does not exist."""
         _check_read(consistency, min_revision)
         answer = await self._read(GetKey(_bytes(key)), consistency, min_revision)
-        if type(answer) is Reply:
+        if isinstance(answer, Reply):
             return self._result(answer, GetResult).kv
-        if type(answer) is Failure and answer.code == "key_not_found":
+        if answer.code == "key_not_found":
             return None
-        raise self._error(answer, 0, is_write=False)
+        raise self._failure_error(answer)
 
     async def range(
         self,
@@ -466,9 +512,9 @@ class RpcClient:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         answer = await self._read(RangePrefix(_bytes(prefix), limit), consistency, min_revision)
-        if type(answer) is Reply:
+        if isinstance(answer, Reply):
             return self._result(answer, RangeResult)
-        raise self._error(answer, 0, is_write=False)
+        raise self._failure_error(answer)
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -478,8 +524,11 @@ class RpcClient:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._header = conn.header or self._header
-            conn.close()
-            await asyncio.sleep(0)  # let the transport finish closing
+        retired, self._retired = self._retired, []
+        for each in [conn, *retired]:
+            if each is not None:
+                each.close()
+        await asyncio.sleep(0)  # let the transports finish closing
 
     async def __aenter__(self) -> RpcClient:
         if not self.connected:
@@ -497,20 +546,57 @@ class RpcClient:
     # -- the request path ---------------------------------------------------------------------
 
     async def _write(self, request: Request, expected: type[T]) -> T:
-        async with self._slots:
-            conn = await self._connection()
-            request_id = next(self._ids)
-            answer = await conn.submit(Write(request_id, request))
-        if type(answer) is Reply:
-            return self._result(answer, expected)
-        raise self._error(answer, request_id, is_write=True)
+        if request.idempotency_key is None and self.retry_timeout_s > 0:
+            key = f"{self.session_id}-{next(self._writes)}"
+            request = Request(request.op, key, request.time_ms)
+        retries = _Retries(self, request.idempotency_key)
+        while True:
+            try:
+                request_id, answer = await self._attempt(lambda id_: Write(id_, request))
+                if type(answer) is Reply:
+                    return self._result(answer, expected)
+                raise self._error(answer, request_id, is_write=True)
+            except (Unavailable, UnknownOutcome) as error:
+                await retries.pause(error)
 
     async def _read(
         self, query: GetKey | RangePrefix, consistency: str, min_revision: int
-    ) -> Answer:
+    ) -> Reply | Failure:
+        """The answer to a read; a ``Failure`` only with a code that retrying cannot change."""
+        retries = _Retries(self, None)
+        while True:
+            try:
+                request_id, answer = await self._attempt(
+                    lambda id_: Read(id_, query, consistency, min_revision)
+                )
+                if type(answer) is Reply or (
+                    type(answer) is Failure and answer.code not in RETRYABLE_CODES
+                ):
+                    return answer
+                raise self._error(answer, request_id, is_write=False)
+            except Unavailable as error:
+                await retries.pause(error)
+
+    async def _attempt(self, message_of: Callable[[int], Write | Read]) -> tuple[int, Answer]:
+        """Send one request; its id and answer. A connection that broke, timed out or whose
+        node could not serve the request is retired: the next request goes to the next
+        endpoint, while those already sent on it are answered there."""
         async with self._slots:
             conn = await self._connection()
-            return await conn.submit(Read(next(self._ids), query, consistency, min_revision))
+            request_id = next(self._ids)
+            answer = await conn.submit(message_of(request_id))
+        if type(answer) is _Broken or (type(answer) is Failure and answer.code in RETRYABLE_CODES):
+            self._retire(conn)
+        return request_id, answer
+
+    def _retire(self, conn: _Connection) -> None:
+        if conn is self._conn:
+            self._header = conn.header or self._header
+            self._conn = None
+        conn.retire()
+        self._retired = [each for each in self._retired if not each.closed]
+        if not conn.closed:
+            self._retired.append(conn)
 
     async def _connection(self) -> _Connection:
         conn = self._conn
@@ -677,6 +763,43 @@ class RpcClient:
                 )
             )
         return answer
+
+
+class _Retries:
+    """The retries of one call: after each retryable failure a pause (exponential backoff with
+    jitter), until ``retry_timeout_s`` has passed since the call began. Invariant: once an
+    attempt of a write may have been applied, the call ends in success or ``UnknownOutcome``,
+    never ``Unavailable`` (which promises that the write was not applied)."""
+
+    def __init__(self, client: RpcClient, idempotency_key: str | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.key = idempotency_key
+        self.started = self.loop.time()
+        self.attempts = 0
+        self.maybe_applied = False
+
+    async def pause(self, error: ReplogClientError) -> None:
+        """Wait before the next attempt; raise the call's final error if there is none."""
+        self.attempts += 1
+        self.maybe_applied = self.maybe_applied or isinstance(error, UnknownOutcome)
+        remaining_s = self.started + self.client.retry_timeout_s - self.loop.time()
+        if remaining_s <= 0 or self.client._closed:
+            raise self._final(error)
+        await asyncio.sleep(retry_delay_s(self.attempts, remaining_s, self.client._rng))
+
+    def _final(self, last: ReplogClientError) -> ReplogClientError:
+        if self.attempts == 1:
+            return last  # never retried: the error as it came
+        elapsed_s = self.loop.time() - self.started
+        within = f"{elapsed_s:.1f} s and {self.attempts} attempts"
+        if self.maybe_applied:
+            error: ReplogClientError = outcome_unknown(self.key, within, last)
+        else:
+            message = f"gave up after {within}; last error: {last.message}"
+            error = type(last)(message, code=last.code, header=last.header, endpoint=last.endpoint)
+        error.__cause__ = last.__cause__
+        return error
 
 
 def _check_read(consistency: str, min_revision: int) -> None:

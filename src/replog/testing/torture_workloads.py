@@ -123,7 +123,10 @@ class RpcTortureClient:
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._client = RpcClient(
-            endpoints, timeout_s=timeout_s, connect_timeout_s=min(connect_timeout_s, timeout_s)
+            endpoints,
+            timeout_s=timeout_s,
+            retry_timeout_s=0.0,
+            connect_timeout_s=min(connect_timeout_s, timeout_s),
         )
         self._closed = False
 
