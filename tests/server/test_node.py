@@ -13,21 +13,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from replog.core import Entry, EntryKind, Ready, Role, SoftState
 from replog.errors import Unavailable, UnknownOutcome
 from replog.server import node as node_module
-from replog.server.node import Node, NodeOptions, NodeStopped, _Deadlines
+from replog.server.node import (
+    REQUEST_ID_BYTES,
+    Node,
+    NodeOptions,
+    NodeStopped,
+    _Deadlines,
+    _Proposal,
+)
 from replog.storage.disk import OpenMode, OsDisk, OsFile
 from replog.testing.machines import Register
 from replog.testing.processes import free_ports
 
+EMPTY_READY = Ready(SoftState(Role.LEADER, 1), None, (), None, (), (), (), False)
 FAST = NodeOptions(tick_ms=5, heartbeat_ms=20, election_timeout_ms=150, request_timeout_ms=3000)
 
 
-def make_nodes(tmp: Path, count: int, options: NodeOptions = FAST) -> list[Node]:
+def make_nodes(
+    tmp: Path,
+    count: int,
+    options: NodeOptions = FAST,
+    machine: Callable[[], Register] = Register,
+) -> list[Node]:
     ports = free_ports(count)
     peers = {f"n{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
     return [
-        Node(Register(), name=name, data_dir=str(tmp / name), peers=peers, options=options)
+        Node(machine(), name=name, data_dir=str(tmp / name), peers=peers, options=options)
         for name in peers
     ]
 
@@ -92,6 +106,68 @@ async def test_writes_through_a_follower_outlive_the_leaders_drain(cluster: list
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert [o for o in outcomes if isinstance(o, BaseException)] == []
     assert await follower.wait_applied(lambda: len(machine(follower).items) == 300, 3)
+
+
+class OnceRegister(Register):
+    """Applies a command at most once, as a store that deduplicates by idempotency key does."""
+
+    def apply(self, command: bytes) -> object:
+        return "again" if command in self.items else super().apply(command)
+
+
+async def test_idempotent_writes_forwarded_to_a_leader_that_died_commit_under_the_next(
+    tmp_path: Path,
+) -> None:
+    """Forwarded proposals die with a leader that never appended them; nothing tells the
+    follower. It proposes its idempotent ones again once a new leader is known, instead of
+    answering ``UnknownOutcome`` at their deadline. The others it must not send twice."""
+    nodes = make_nodes(tmp_path, 3, machine=OnceRegister)
+    for node in nodes:
+        await node.start()
+    try:
+        leader = await leader_of(nodes)
+        follower = next(n for n in nodes if n is not leader)
+        await leader.stop(transfer=False)  # the follower still takes it for the leader
+        keyed = [follower.submit(b"k%d" % i, timeout_s=10, idempotent=True) for i in range(20)]
+        plain = [follower.submit(b"p%d" % i, timeout_s=2) for i in range(5)]
+        outcomes = await asyncio.gather(*keyed, return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+        lost = await asyncio.gather(*plain, return_exceptions=True)
+        assert all(isinstance(o, UnknownOutcome) for o in lost)
+        items = machine(follower).items
+        assert sorted(items) == sorted(b"k%d" % i for i in range(20))
+    finally:
+        for node in nodes:
+            if not node.stopped:
+                await node.stop(transfer=False)
+
+
+@pytest.mark.parametrize(("copies", "fails"), [(1, True), (2, False)])
+async def test_a_write_loses_its_slot_only_if_it_was_proposed_once(
+    tmp_path: Path, copies: int, fails: bool
+) -> None:
+    """When another entry commits in the slot a write was appended at, that copy is gone for
+    good: a write proposed once fails as ``Unavailable``. One proposed again may still commit
+    elsewhere, so it keeps waiting (for its other copy or its deadline)."""
+    (node,) = make_nodes(tmp_path, 1)
+    await node.start()
+    try:
+        await leader_of([node])
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        mine, other = b"m" * REQUEST_ID_BYTES, b"o" * REQUEST_ID_BYTES
+        proposal = _Proposal(mine, mine + b"w", future, 1e18, idempotent=True, copies=copies)
+        node._waiting.by_request[mine] = proposal
+        node._waiting.by_index[10**6] = mine
+        slot_taken = Entry(10**6, 1, EntryKind.NORMAL, other + b"x")
+        node._apply(replace(EMPTY_READY, committed_entries=(slot_taken,)))
+        await asyncio.sleep(0.01)
+        assert future.done() is fails
+        if fails:
+            assert isinstance(future.exception(), Unavailable)
+        else:
+            assert node._waiting.by_request[mine] is proposal
+    finally:
+        await node.stop(transfer=False)
 
 
 async def test_a_follower_yields_the_cpu_after_each_acknowledgement(

@@ -186,14 +186,18 @@ class Api:
     def start_write(
         self, op: Put | Delete | Txn, idempotency_key: str | None
     ) -> asyncio.Future[object]:
-        """Check and propose one write; the future receives what ``finish_write`` takes."""
-        return self.node.submit(self._command(op, idempotency_key))
+        """Check and propose one write; the future receives what ``finish_write`` takes. A
+        write with an idempotency key is applied once however often it commits, so the node
+        may propose it again after a leader change."""
+        command = self._command(op, idempotency_key)
+        return self.node.submit(command, idempotent=idempotency_key is not None)
 
     def start_write_callback(
         self, op: Put | Delete | Txn, idempotency_key: str | None, on_done: OnDone
     ) -> None:
         """``start_write`` with ``Node.submit_callback``'s way of answering."""
-        self.node.submit_callback(self._command(op, idempotency_key), on_done)
+        command = self._command(op, idempotency_key)
+        self.node.submit_callback(command, on_done, idempotent=idempotency_key is not None)
 
     def _command(self, op: Put | Delete | Txn, idempotency_key: str | None) -> bytes:
         """The command of one write, checked; raises ``ApiError``."""

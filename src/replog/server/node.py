@@ -31,7 +31,12 @@ leader is known, or while leadership is being transferred, waits for the next le
 the core cannot take (uncommitted log full), or that no leader took in time, fails with
 ``Unavailable``: it was certainly not applied. One that the core took but whose outcome does
 not arrive in time fails with ``UnknownOutcome``; one whose log slot was taken by another entry
-fails with ``Unavailable`` (a slot holds one entry forever once committed).
+fails with ``Unavailable`` (a slot holds one entry forever once committed). A proposal the
+caller marks idempotent (the state machine applies it at most once however often it commits:
+the KV store's writes with an idempotency key) and that still waits when a new leader becomes
+known is proposed again: forwarded to a leader that died before appending it, it would
+otherwise wait for its deadline. Its copies may then be anywhere, so the loss of one slot no
+longer fails it.
 
 A storage failure (fsync error, disk full) stops the node: nothing of that Ready is sent or
 applied, and ``wait_stopped`` raises. Restarting recovers from what was made durable.
@@ -251,7 +256,10 @@ class _Proposal:
     data: bytes
     waiter: asyncio.Future[object] | _Callback  # receives the outcome
     deadline: float  # on the loop's clock
+    idempotent: bool = False  # may be proposed again (see ``Node.propose``)
     proposed: bool = False
+    copies: int = 0  # how many times the core took it
+    term: int = 0  # the term in which it last took it
 
 
 @dataclass(slots=True)
@@ -377,6 +385,7 @@ class Node:
         self._stopping = False
         self._failure: BaseException | None = None
         self._leader_seen = NO_NODE
+        self._proposed_again_for = (0, NO_NODE)  # the (term, leader) of the last such round
         self._snapshot_index = 0
         self._snapshot_bytes = 0  # the size of the last snapshot (see SnapshotPolicy)
         self._snapshot_policy = self.options.snapshot_policy()
@@ -490,34 +499,48 @@ class Node:
 
     # ---- client requests -----------------------------------------------------------------------
 
-    async def propose(self, command: bytes, timeout_s: float | None = None) -> object:
+    async def propose(
+        self, command: bytes, timeout_s: float | None = None, *, idempotent: bool = False
+    ) -> object:
         """Replicate ``command``, wait until it is committed and applied here, and return the
         state machine's result. Raises ``Unavailable`` (certainly not applied) or
-        ``UnknownOutcome`` (proposed, fate unknown: retry only if the command is idempotent)."""
-        return await self.submit(command, timeout_s)
+        ``UnknownOutcome`` (proposed, fate unknown: retry only if the command is idempotent).
 
-    def submit(self, command: bytes, timeout_s: float | None = None) -> asyncio.Future[object]:
+        ``idempotent``: the state machine applies this command at most once however many
+        times it is committed (a KV write with an idempotency key). The node may then propose
+        it again when the leader changes, so that a proposal forwarded to a leader that died
+        before appending it still commits, instead of ending in ``UnknownOutcome``."""
+        return await self.submit(command, timeout_s, idempotent=idempotent)
+
+    def submit(
+        self, command: bytes, timeout_s: float | None = None, *, idempotent: bool = False
+    ) -> asyncio.Future[object]:
         """``propose`` without waiting: the future receives the result or the error (a caller
         that serves many requests saves a task per request). Cancelling it withdraws the
         proposal if it has not reached the core yet."""
         request_id = self._id_prefix + next(self._ids_counter).to_bytes(8, "big")
-        return self._submit(request_id, command, timeout_s)
+        return self._submit(request_id, command, timeout_s, idempotent)
 
     def submit_callback(
-        self, command: bytes, on_done: OnDone, timeout_s: float | None = None
+        self,
+        command: bytes,
+        on_done: OnDone,
+        timeout_s: float | None = None,
+        *,
+        idempotent: bool = False,
     ) -> None:
         """``submit`` for a server of many requests: ``on_done(result, None)`` or
         ``on_done(None, error)`` is called once, from the driver (it must not block)."""
         self._check_running()
         request_id = self._id_prefix + next(self._ids_counter).to_bytes(8, "big")
-        self._enqueue(request_id, command, _Callback(on_done), timeout_s)
+        self._enqueue(request_id, command, _Callback(on_done), timeout_s, idempotent)
 
     def _submit(
-        self, request_id: bytes, command: bytes, timeout_s: float | None
+        self, request_id: bytes, command: bytes, timeout_s: float | None, idempotent: bool = False
     ) -> asyncio.Future[object]:
         self._check_running()
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._enqueue(request_id, command, future, timeout_s)
+        self._enqueue(request_id, command, future, timeout_s, idempotent)
         return future
 
     def _enqueue(
@@ -526,12 +549,13 @@ class Node:
         command: bytes,
         waiter: asyncio.Future[object] | _Callback,
         timeout_s: float | None,
+        idempotent: bool,
     ) -> None:
         # No timer per request (they were a tenth of a busy leader's time): the driver drops
         # the expired at each tick (``_expire_proposals``).
         deadline = asyncio.get_running_loop().time() + self._timeout(timeout_s)
         self._waiting.proposals.append(
-            _Proposal(request_id, request_id + command, waiter, deadline)
+            _Proposal(request_id, request_id + command, waiter, deadline, idempotent)
         )
         self._wake.set()
 
@@ -753,6 +777,7 @@ class Node:
                 self._step_inbox(raft)
                 self._run_ticks(raft)
                 self._hand_over_proposals(raft)
+                self._maybe_propose_again(raft)
                 self._hand_over_reads(raft)
                 self._membership.maybe_promote_learners(raft)
                 while raft.has_ready() and not self._stopping:
@@ -829,12 +854,36 @@ class Node:
                 proposal.waiter.set_exception(Unavailable(str(error)))
                 continue
             proposal.proposed = True
-            proposal.data = b""  # the core holds it now
+            proposal.copies, proposal.term = 1, raft.term
+            if not proposal.idempotent:
+                proposal.data = b""  # the core holds it now
             waiting.by_request[proposal.request_id] = proposal
             waiting.deadlines.add(proposal.deadline, proposal.request_id)
             if index is not None:
                 waiting.by_index[index] = proposal.request_id
         waiting.proposals = kept
+
+    def _maybe_propose_again(self, raft: RaftNode) -> None:
+        """Once a new leader is known, propose again the idempotent writes taken in an
+        earlier term that still wait: a proposal forwarded to a leader that died before
+        appending it is lost, and nothing would say so before its deadline. A copy that
+        was not lost commits too, and the state machine applies it as a repeat."""
+        leader = (raft.term, raft.leader_id)
+        if raft.leader_id == NO_NODE or leader == self._proposed_again_for:
+            return
+        self._proposed_again_for = leader
+        waiting = self._waiting
+        for proposal in list(waiting.by_request.values()):
+            if not proposal.idempotent or proposal.term >= raft.term or proposal.waiter.done():
+                continue
+            try:
+                index = raft.propose(proposal.data)
+            except ProposalError:  # no room in the log now: its deadline will answer it
+                continue
+            proposal.copies += 1
+            proposal.term = raft.term
+            if index is not None:
+                waiting.by_index[index] = proposal.request_id
 
     def _hand_over_reads(self, raft: RaftNode) -> None:
         waiting = self._waiting
@@ -944,8 +993,9 @@ class Node:
                 self._config_committed(entry)
             expected = waiting.by_index.pop(entry.index, None)
             if expected is not None and expected != request_id:
-                lost = waiting.by_request.pop(expected, None)
-                if lost is not None:
+                lost = waiting.by_request.get(expected)
+                if lost is not None and lost.copies == 1:  # another copy may still commit
+                    del waiting.by_request[expected]
                     error = Unavailable("leadership changed before the write committed")
                     self._completions.exception(lost.waiter, error)
         if ready.committed_entries or ready.snapshot is not None:
