@@ -486,6 +486,22 @@ async def test_a_refused_write_is_retried_on_the_next_node_with_one_key(
     assert keys_of(node) == ["s1-1"] and keys_of(node2) == ["s1-1", "mine"]
 
 
+async def test_a_write_without_a_key_is_retried_only_when_certainly_not_applied(
+    node: FakeNode, node2: FakeNode
+) -> None:
+    node.fail_code = "unavailable"
+    async with await RpcClient.connect([node.address, node2.address]) as client:
+        assert (await client.put("k", "v")).kv.value == b"v"  # refused by n1: sent to n2
+        node2.hold = True
+        write = asyncio.create_task(client.put("k", "w"))
+        await node2.wait_for_requests(2)
+        node2.drop()  # it may have applied: without a key it cannot be sent again
+        with pytest.raises(UnknownOutcome, match="may or may not"):
+            await write
+    assert keys_of(node) == [None] and keys_of(node2) == [None, None]
+    assert len(node.requests) == 1
+
+
 async def test_reads_are_retried_and_answers_that_retrying_cannot_change_are_not(
     node: FakeNode, node2: FakeNode
 ) -> None:

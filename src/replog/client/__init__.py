@@ -6,8 +6,8 @@ of ``replog.client.errors``.
 
 ``RpcClient`` (asyncio) speaks the binary client protocol of ``replog.protocol`` instead: one
 TCP connection with many requests in flight, for programs that send many requests. It raises the
-same typed errors and retries what is safe to retry in the same way, on the next endpoint (any
-node serves any request, so it does not look for the leader).
+same typed errors and retries what is safe to retry, on the next endpoint (any node serves any
+request, so it does not look for the leader); it keys writes only when given a ``session_id``.
 """
 
 from __future__ import annotations

@@ -36,16 +36,19 @@ between rounds, and raises ``Unavailable`` (code ``unreachable``) when none has 
 Raft), so there is no leader to look for.
 
 Retries (``retry_timeout_s``, 15 s by default as in the HTTP clients; 0 turns them off): a call
-whose attempt failed with ``Unavailable`` or ``UnknownOutcome`` is tried again after a pause
+whose attempt failed with ``Unavailable`` (certainly not applied), or a write with an
+idempotency key whose attempt ended in ``UnknownOutcome``, is tried again after a pause
 (exponential backoff with jitter) until ``retry_timeout_s`` has passed since it began; any other
-error is raised at once. The connection of such an attempt (broken, timed out, or its node could
-not serve the request) is retired: new requests go to a new connection to the next endpoint,
-while those already sent on it are answered there, and it closes once none is left. With
-retries on, a write without an idempotency key takes one from the client's session
-(``<session_id>-<n>``), so all its attempts carry the same key and it is applied at most once.
-Invariant: once an attempt may have applied a write, the call ends in its result or in
-``UnknownOutcome``, never ``Unavailable``. The error of a call that was retried tells how many
-attempts it made, and keeps the last attempt's ``__cause__``.
+error is raised at once (a write without a key that may have applied cannot be sent again).
+The connection of such an attempt (broken, timed out, or its node could not serve the request)
+is retired: new requests go to a new connection to the next endpoint, while those already sent
+on it are answered there, and it closes once none is left. Given a ``session_id``, the client
+keys every write that has no key (``<session_id>-<n>``), as the HTTP clients always do; that
+is not the default here because every keyed write costs each node a remembered result, kept
+in its snapshots too (docs/rpc-protocol.md has the numbers). Invariant: once an attempt may
+have applied a write, the call ends in its result or in ``UnknownOutcome``, never
+``Unavailable``. The error of a call that was retried tells how many attempts it made, and
+keeps the last attempt's ``__cause__``.
 
 At most ``max_in_flight`` requests are in flight per client; further callers wait for a slot.
 When the socket's send buffer fills (the transport pauses writing), callers wait until it drains.
@@ -59,7 +62,6 @@ import itertools
 import random
 import socket
 import urllib.parse
-import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, TypeVar, cast
@@ -400,7 +402,7 @@ class RpcClient:
         self.cluster_id = cluster_id
         self.timeout_s = timeout_s
         self.retry_timeout_s = retry_timeout_s
-        self.session_id = check_session_id(session_id or uuid.uuid4().hex)
+        self.session_id = None if session_id is None else check_session_id(session_id)
         self.connect_timeout_s = connect_timeout_s
         self.max_in_flight = max_in_flight
         self.frame_bytes_max = frame_bytes_max
@@ -432,8 +434,8 @@ class RpcClient:
     ) -> RpcClient:
         """A client connected to the first endpoint that answers (``Unavailable`` if none
         does within ``timeout_s``; the handshake's error if a node refuses it). Calls are
-        retried for up to ``retry_timeout_s`` (0: never); ``session_id`` names the
-        idempotency keys of writes that have none (default: a random one)."""
+        retried for up to ``retry_timeout_s`` (0: never); given a ``session_id``, writes
+        without an idempotency key get one (``<session_id>-<n>``)."""
         client = cls(
             endpoints,
             cluster_id=cluster_id,
@@ -546,7 +548,7 @@ class RpcClient:
     # -- the request path ---------------------------------------------------------------------
 
     async def _write(self, request: Request, expected: type[T]) -> T:
-        if request.idempotency_key is None and self.retry_timeout_s > 0:
+        if request.idempotency_key is None and self.session_id is not None:
             key = f"{self.session_id}-{next(self._writes)}"
             request = Request(request.op, key, request.time_ms)
         retries = _Retries(self, request.idempotency_key)
@@ -784,7 +786,8 @@ class _Retries:
         self.attempts += 1
         self.maybe_applied = self.maybe_applied or isinstance(error, UnknownOutcome)
         remaining_s = self.started + self.client.retry_timeout_s - self.loop.time()
-        if remaining_s <= 0 or self.client._closed:
+        unsafe = self.maybe_applied and self.key is None  # sent again, it could apply twice
+        if remaining_s <= 0 or unsafe or self.client._closed:
             raise self._final(error)
         await asyncio.sleep(retry_delay_s(self.attempts, remaining_s, self.client._rng))
 
@@ -793,7 +796,7 @@ class _Retries:
             return last  # never retried: the error as it came
         elapsed_s = self.loop.time() - self.started
         within = f"{elapsed_s:.1f} s and {self.attempts} attempts"
-        if self.maybe_applied:
+        if self.maybe_applied and self.key is not None:
             error: ReplogClientError = outcome_unknown(self.key, within, last)
         else:
             message = f"gave up after {within}; last error: {last.message}"
