@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replog.statemachines import (
     ApplyResult,
@@ -512,6 +514,17 @@ def test_check_request_refuses(op: object, error: type[Exception], message: str)
 def test_bad_idempotency_keys_are_refused(key: str) -> None:
     with pytest.raises(InvalidCommand, match="idempotency_key"):
         check_request(Request(Put(b"a", b""), idempotency_key=key), KVLimits())
+
+
+@given(st.text(max_size=140))
+def test_an_idempotency_key_is_checked_as_1_to_128_printable_ascii_characters(key: str) -> None:
+    valid = 1 <= len(key) <= 128 and all(" " <= c <= "~" for c in key)
+    try:
+        check_request(Request(Put(b"a", b""), idempotency_key=key), KVLimits())
+    except InvalidCommand:
+        assert not valid
+    else:
+        assert valid
 
 
 def test_check_request_catches_wrong_python_types() -> None:

@@ -643,7 +643,13 @@ def api_error_of(error: Exception) -> ApiError | None:
 
 
 def _valid_idempotency_key(key: str) -> bool:
-    return 0 < len(key) <= IDEMPOTENCY_KEY_BYTES_MAX and all(33 <= ord(c) < 127 for c in key)
+    """Printable ASCII without spaces (``!`` to ``~``), as a header value allows."""
+    return (
+        0 < len(key) <= IDEMPOTENCY_KEY_BYTES_MAX
+        and key.isascii()
+        and key.isprintable()
+        and " " not in key
+    )
 
 
 def _invalid(error: InvalidCommand) -> ApiError:

@@ -232,13 +232,14 @@ def _check_request_fully(req: Request, limits: KVLimits) -> None:
 
 
 def _plain_valid_put(req: object, limits: KVLimits) -> bool:
-    """A valid put without an idempotency key. Its payload needs no check of its own: a key and
-    a value within their limits are within ``payload_bytes_max`` by its definition."""
-    if type(req) is not Request or req.idempotency_key is not None:
+    """A valid put. Its payload needs no check of its own: a key and a value within their
+    limits are within ``payload_bytes_max`` by its definition."""
+    if type(req) is not Request:
         return False
-    op, time_ms = req.op, req.time_ms
+    op, time_ms, idempotency_key = req.op, req.time_ms, req.idempotency_key
     return (
-        type(op) is Put
+        (idempotency_key is None or _valid_idempotency_key(idempotency_key))
+        and type(op) is Put
         and type(time_ms) is int
         and 0 <= time_ms <= INT64_MAX
         and type(op.key) is bytes
@@ -264,11 +265,21 @@ def _check_idempotency_key(key: object) -> None:
         return
     if not isinstance(key, str):
         raise InvalidCommand(f"idempotency_key must be a string, not {type(key).__name__}")
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= c <= "~" for c in key):
+    if not _valid_idempotency_key(key):
         raise InvalidCommand(
             f"idempotency_key must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII "
             f"characters, not {key[: IDEMPOTENCY_KEY_CHARS_MAX + 1]!r}"
         )
+
+
+def _valid_idempotency_key(key: object) -> bool:
+    """1 to ``IDEMPOTENCY_KEY_CHARS_MAX`` printable ASCII characters (space to tilde)."""
+    return (
+        type(key) is str
+        and 0 < len(key) <= IDEMPOTENCY_KEY_CHARS_MAX
+        and key.isascii()
+        and key.isprintable()
+    )
 
 
 def _check_put(op: Put, limits: KVLimits, where: str) -> int:

@@ -585,6 +585,10 @@ def event_cost_bytes(event: Event) -> int:
 
 def entry_cost_bytes(entry: IdempotencyEntry) -> int:
     result = entry.result
+    if type(result) is PutResult:  # the common case, without building a list
+        kv, prev = result.kv, result.prev_kv
+        cost = len(entry.key) + len(kv.key) + len(kv.value) + 2 * _ENTRY_OVERHEAD_BYTES
+        return cost if prev is None else cost + _kv_cost_bytes(prev)
     if isinstance(result, TxnResult):
         kvs = [kv for r in result.responses for kv in _result_kvs(r)]
     else:
