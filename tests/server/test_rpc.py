@@ -309,7 +309,9 @@ async def test_a_client_that_leaves_mid_write_harms_nothing(single: Served) -> N
     conn.close()
 
 
-async def test_a_follower_serves_writes_and_linearizable_reads(tmp_path: Path) -> None:
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[list[Served]]:
+    """Three served nodes, once one of them leads."""
     ports = free_ports(6)
     peers = {f"n{i + 1}": f"127.0.0.1:{ports[i]}" for i in range(3)}
     nodes = [await serve(tmp_path, name, peers, ports[3 + i]) for i, name in enumerate(peers)]
@@ -317,75 +319,69 @@ async def test_a_follower_serves_writes_and_linearizable_reads(tmp_path: Path) -
         async with asyncio.timeout(5):
             while not any(s.node.is_leader for s in nodes):
                 await asyncio.sleep(0.01)
-        follower = next(s for s in nodes if not s.node.is_leader)
-        conn = await Conn.open(follower.port, protocol.Hello(protocol.VERSION))
-        assert isinstance(await conn.receive(), protocol.Welcome)
-        conn.send(put(1, b"k", b"from a follower"))
-        reply = await conn.receive()
-        assert isinstance(reply, protocol.Reply) and isinstance(reply.result, PutResult)
-        conn.send(protocol.Read(2, protocol.GetKey(b"k")))
-        read = await conn.receive()
-        assert isinstance(read, protocol.Reply) and isinstance(read.result, GetResult)
-        assert read.result.kv is not None and read.result.kv.value == b"from a follower"
-        conn.close()
+        yield nodes
     finally:
         for served in nodes:
             await stop_node(served)
 
 
+async def test_a_follower_serves_writes_and_linearizable_reads(three: list[Served]) -> None:
+    follower = next(s for s in three if not s.node.is_leader)
+    conn = await Conn.open(follower.port, protocol.Hello(protocol.VERSION))
+    assert isinstance(await conn.receive(), protocol.Welcome)
+    conn.send(put(1, b"k", b"from a follower"))
+    reply = await conn.receive()
+    assert isinstance(reply, protocol.Reply) and isinstance(reply.result, PutResult)
+    conn.send(protocol.Read(2, protocol.GetKey(b"k")))
+    read = await conn.receive()
+    assert isinstance(read, protocol.Reply) and isinstance(read.result, GetResult)
+    assert read.result.kv is not None and read.result.kv.value == b"from a follower"
+    conn.close()
+
+
 async def test_writers_that_retry_lose_nothing_when_the_leader_stops_cleanly(
-    tmp_path: Path,
+    three: list[Served],
 ) -> None:
     """The stop of ``replog serve`` (stop taking requests, hand leadership over, close)
     under 8 writers of one ``RpcClient`` with its default retries: no call fails, and every
     acknowledged write is there afterwards."""
-    ports = free_ports(6)
-    peers = {f"n{i + 1}": f"127.0.0.1:{ports[i]}" for i in range(3)}
-    nodes = [await serve(tmp_path, name, peers, ports[3 + i]) for i, name in enumerate(peers)]
-    try:
-        async with asyncio.timeout(5):
-            while not any(s.node.is_leader for s in nodes):
-                await asyncio.sleep(0.01)
-        leader = next(s for s in nodes if s.node.is_leader)
-        order = [leader] + [s for s in nodes if s is not leader]
-        client = await RpcClient.connect([f"127.0.0.1:{s.port}" for s in order])
-        acknowledged: list[bytes] = []
-        errors: list[Exception] = []
-        stop = asyncio.Event()
+    leader = next(s for s in three if s.node.is_leader)
+    order = [leader] + [s for s in three if s is not leader]
+    client = await RpcClient.connect([f"127.0.0.1:{s.port}" for s in order])
+    acknowledged: list[bytes] = []
+    errors: list[Exception] = []
+    stop = asyncio.Event()
 
-        async def writer(w: int) -> None:
-            for i in itertools.count():
-                if stop.is_set():
-                    return
-                key = f"w{w}/{i}".encode()
-                try:
-                    await client.put(key, b"v")
-                except Exception as error:
-                    errors.append(error)
-                else:
-                    acknowledged.append(key)
+    async def writer(w: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            key = f"w{w}/{i}".encode()
+            try:
+                await client.put(key, b"v")
+            except Exception as error:
+                errors.append(error)
+            else:
+                acknowledged.append(key)
 
-        writers = [asyncio.create_task(writer(w)) for w in range(8)]
-        while len(acknowledged) < 200:
+    writers = [asyncio.create_task(writer(w)) for w in range(8)]
+    while len(acknowledged) < 200:
+        await asyncio.sleep(0.01)
+    leader.rpc.stop_taking()
+    await leader.node.drain(2.0)
+    await stop_node(leader)
+    count = len(acknowledged)
+    async with asyncio.timeout(10):
+        while len(acknowledged) < count + 200:
             await asyncio.sleep(0.01)
-        leader.rpc.stop_taking()
-        await leader.node.drain(2.0)
-        await stop_node(leader)
-        count = len(acknowledged)
-        async with asyncio.timeout(10):
-            while len(acknowledged) < count + 200:
-                await asyncio.sleep(0.01)
-        stop.set()
-        await asyncio.gather(*writers)
-        assert errors == []
-        assert client.node_id != leader.node.name
-        for key in acknowledged:
-            kv = await client.get(key)
-            assert kv is not None and kv.value == b"v"
-        await client.close()
-    finally:
-        for served in nodes:
-            await stop_node(served)
+    stop.set()
+    await asyncio.gather(*writers)
+    assert errors == []
+    assert client.node_id != leader.node.name
+    for key in acknowledged:
+        kv = await client.get(key)
+        assert kv is not None and kv.value == b"v"
+    await client.close()
 
 
 def test_frame_reader_cuts_frames_across_reads() -> None:
