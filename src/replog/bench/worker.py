@@ -19,9 +19,9 @@ Over RPC (``replog.client.RpcClient``, the job's ``urls`` are then ``host:port``
 the process opens ``connections`` connections per address (at most one per client of it) before
 it says it is ready, and deals that address's clients over them round-robin: many clients share
 one connection, their requests in flight together. Calls are not retried (as over HTTP), so
-every failure is counted: a failed RPC call counts as ``timeout`` (no
-answer in time), ``connection`` (the connection broke or no node answered) or ``rpc:<code>``
-(the node's error code, as over HTTP a missing key on a read is ``rpc:key_not_found``).
+every failure is counted: as ``timeout`` (no answer in time), ``connection`` (the connection
+broke or no node answered) or ``rpc:<code>`` (the node's error code, as over HTTP a missing
+key on a read is ``rpc:key_not_found``).
 """
 
 from __future__ import annotations
