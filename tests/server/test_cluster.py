@@ -161,6 +161,7 @@ def test_status_health_and_metrics(cluster: ProcessCluster) -> None:
         text = response.read().decode()
     assert "replog_server_has_leader 1.0" in text
     assert "replog_disk_wal_fsync_duration_seconds_bucket" in text
+    assert "replog_kv_idempotency_retention_seconds" in text
 
 
 def test_watch_streams_events_in_revision_order(cluster: ProcessCluster) -> None:

@@ -516,6 +516,17 @@ def test_bad_idempotency_keys_are_refused(key: str) -> None:
         check_request(Request(Put(b"a", b""), idempotency_key=key), KVLimits())
 
 
+def test_the_store_tells_how_long_it_has_remembered_idempotency_keys() -> None:
+    kv = KVStore(KVLimits(idempotency_keys_max=2))
+    assert (kv.idempotency_keys, kv.idempotency_retention_ms) == (0, 0)
+    for i, now_ms in enumerate((1_000, 4_000, 9_000)):
+        kv.apply(encode_request(Request(Put(b"k", b"v"), f"key-{i}", now_ms)))
+    assert kv.idempotency_keys == 2  # the oldest was evicted by count
+    assert kv.idempotency_retention_ms == 5_000  # the oldest left was stored at 4,000
+    kv.apply(encode_request(Request(Put(b"k", b"w"), None, 10_000)))
+    assert kv.idempotency_retention_ms == 6_000
+
+
 @given(st.text(max_size=140))
 def test_an_idempotency_key_is_checked_as_1_to_128_printable_ascii_characters(key: str) -> None:
     valid = 1 <= len(key) <= 128 and all(" " <= c <= "~" for c in key)

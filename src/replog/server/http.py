@@ -464,6 +464,9 @@ class Api:
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.node.refresh_metrics()
+        metrics = self.node.metrics
+        metrics.idempotency_keys.set(self.kv.idempotency_keys)
+        metrics.idempotency_retention_seconds.set(self.kv.idempotency_retention_ms / 1000)
         return web.Response(
             body=self.node.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

@@ -73,6 +73,17 @@ class Metrics:
             ["to"],
             registry=r,
         )
+        self.idempotency_keys = Gauge(
+            "replog_kv_idempotency_keys",
+            "Idempotency keys the store remembers (a retry with one is applied at most once)",
+            registry=r,
+        )
+        self.idempotency_retention_seconds = Gauge(
+            "replog_kv_idempotency_retention_seconds",
+            "Age of the oldest remembered idempotency key (by the leader's clock in the log): "
+            "clients must not retry a write for longer",
+            registry=r,
+        )
         self.inbox_drops = Counter(
             "replog_network_inbox_dropped",
             "Inbound messages dropped: the inbox was full",

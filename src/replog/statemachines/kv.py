@@ -237,6 +237,20 @@ class KVStore:
     def now_ms(self) -> int:
         return self._now_ms
 
+    @property
+    def idempotency_keys(self) -> int:
+        """How many idempotency keys are remembered."""
+        return len(self._idempotency)
+
+    @property
+    def idempotency_retention_ms(self) -> int:
+        """How long ago, by the clock stamped in the log, the oldest remembered idempotency
+        key was stored (0 when none is): a retry later than this may find its key forgotten
+        and be applied again."""
+        if not self._idempotency:
+            return 0
+        return self._now_ms - next(iter(self._idempotency.values())).stored_ms
+
     def __len__(self) -> int:
         return len(self._keys)
 
