@@ -7,9 +7,12 @@ No timing assertions: the real runs only check that operations completed and not
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +36,7 @@ from replog.testing.processes import ProcessCluster, free_ports
         (["--protocol", "grpc"], "grpc"),
         (["--connections-per-process", "0"], "connections-per-process"),
         (["--connections-per-process", "65"], "connections-per-process"),
+        (["--idempotency-keys", "--target", "pysyncobj"], "target replog"),
     ],
 )
 def test_bad_rpc_arguments_are_usage_errors(args: list[str], message: str) -> None:
@@ -187,3 +191,26 @@ def test_a_counted_rpc_run_on_the_leader(cluster: RpcProcessCluster) -> None:
     )  # fmt: skip
     assert report["ops"] == 300 and report["errors"] == {}
     assert report["send_to"] == "leader"
+
+
+def remembered_keys(cluster: ProcessCluster) -> int:
+    with urllib.request.urlopen(cluster.endpoints[0] + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^replog_kv_idempotency_keys (\S+)$", text, re.MULTILINE)
+    assert found is not None, "the node exports replog_kv_idempotency_keys"
+    return int(float(found.group(1)))
+
+
+@pytest.mark.parametrize("protocol", ["rpc", "http"])
+def test_puts_with_idempotency_keys(cluster: RpcProcessCluster, protocol: str) -> None:
+    before = remembered_keys(cluster)
+    report = run_bench_command(
+        cluster, "--count", "200", "--clients", "4", "--processes", "2",
+        "--idempotency-keys", "--protocol", protocol,
+    )  # fmt: skip
+    assert report["ops"] == 200 and report["errors"] == {}
+    assert report["idempotency_keys"] is True
+    deadline = time.monotonic() + 10
+    while remembered_keys(cluster) < before + 200:  # one key per put, each its own
+        assert time.monotonic() < deadline, remembered_keys(cluster) - before
+        time.sleep(0.05)

@@ -77,6 +77,7 @@ class BenchConfig:
     leader_wait_s: float = LEADER_WAIT_S
     protocol: Protocol = "http"
     connections_per_process: int = 4
+    idempotency_keys: bool = False  # every put carries one, as the Python clients send them
 
     def __post_init__(self) -> None:
         adapter(self.target)  # raises ValueError for an unknown target
@@ -90,6 +91,8 @@ class BenchConfig:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
         if self.protocol == "rpc" and self.target != "replog":
             raise ValueError("the rpc protocol is replog's own: use it with target replog only")
+        if self.idempotency_keys and self.target != "replog":
+            raise ValueError("idempotency keys are replog's: use them with target replog only")
         if not 1 <= self.connections_per_process <= CONNECTIONS_PER_PROCESS_MAX:
             raise ValueError(f"connections per process must be 1..{CONNECTIONS_PER_PROCESS_MAX}")
 
@@ -173,6 +176,7 @@ def _jobs(config: BenchConfig, urls: tuple[str, ...], preload: bool) -> list[dic
             "count": None if counts is None else counts[i],
             "protocol": config.protocol,
             "connections": config.connections_per_process,
+            "idempotency_keys": config.idempotency_keys,
         }
         if preload:
             job.update(preload_start=i, preload_step=processes)
@@ -289,6 +293,7 @@ async def run_bench_async(
         send_to=config.send_to,
         processes=config.process_count,
         protocol=config.protocol,
+        idempotency_keys=config.idempotency_keys,
     )
 
 

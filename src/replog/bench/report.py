@@ -100,6 +100,7 @@ class Report:
     cpu_cores: float
     cpu_busiest: float
     protocol: str = "http"
+    idempotency_keys: bool = False
 
     @classmethod
     def build(
@@ -112,6 +113,7 @@ class Report:
         send_to: str,
         processes: int,
         protocol: str = "http",
+        idempotency_keys: bool = False,
     ) -> Report:
         overall = merged.overall
         elapsed_s = merged.elapsed_s
@@ -130,6 +132,7 @@ class Report:
             cpu_cores=round(merged.cpu_s / elapsed_s, 3) if elapsed_s > 0 else 0.0,
             cpu_busiest=round(merged.cpu_busiest, 3),
             protocol=protocol,
+            idempotency_keys=idempotency_keys,
         )
 
     @property
@@ -151,13 +154,14 @@ class Report:
         """(label, value) rows for a table meant for people."""
         w = self.workload
         bound = f"{w.duration_s:g} s" if w.duration_s is not None else f"{w.count:,} ops"
+        keyed = ", an idempotency key on every put" if self.idempotency_keys else ""
         rows = [
             (
                 "target",
                 f"{self.target} over {self.protocol} "
                 f"({len(self.endpoints)} endpoints, send to {self.send_to})",
             ),
-            ("workload", f"{w.name}, {w.value_size_bytes} B values, {w.key_space:,} keys"),
+            ("workload", f"{w.name}, {w.value_size_bytes} B values, {w.key_space:,} keys{keyed}"),
             ("clients", f"{w.clients} over {self.processes} processes, {bound}"),
             ("elapsed", f"{self.elapsed_s:.2f} s"),
             ("operations", f"{self.ops:,} ok, {self.error_count:,} failed"),

@@ -30,8 +30,11 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import json
+import os
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -67,6 +70,7 @@ class Job:
     progress_interval_s: float = 0.25
     protocol: str = "http"  # or "rpc"
     connections: int = 4  # rpc: connections per address
+    idempotency_keys: bool = False  # every put carries one: "<this process's session>-<n>"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
@@ -129,16 +133,25 @@ class Plan:
 
 
 async def _client(
-    session: aiohttp.ClientSession, url: str, target: Target, plan: Plan, tally: Tally
+    session: aiohttp.ClientSession,
+    url: str,
+    target: Target,
+    plan: Plan,
+    tally: Tally,
+    *,
+    keys: Iterator[str] | None,
 ) -> None:
     value = plan.source.value
     while (step := plan.next()) is not None:
         op, key = step
         request = target.request(op, key, value)
+        headers = request.headers
+        if keys is not None and op == "put":
+            headers = {**headers, "Idempotency-Key": next(keys)}
         started = time.perf_counter()
         try:
             async with session.request(
-                request.method, url + request.path, data=request.body, headers=request.headers
+                request.method, url + request.path, data=request.body, headers=headers
             ) as response:
                 body = await response.read()
                 status = response.status
@@ -168,7 +181,20 @@ async def _http_clients(job: Job, stack: contextlib.AsyncExitStack) -> list[Clie
     connector = aiohttp.TCPConnector(limit=len(job.urls), limit_per_host=0)
     session = aiohttp.ClientSession(connector=connector, timeout=timeout)
     await stack.enter_async_context(session)
-    return [functools.partial(_client, session, url, target) for url in job.urls]
+    keys = _idempotency_keys(job)
+    return [functools.partial(_client, session, url, target, keys=keys) for url in job.urls]
+
+
+def _session_id() -> str:
+    """An id no other generator process, here or on another machine, uses."""
+    return f"bench-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _idempotency_keys(job: Job) -> Iterator[str] | None:
+    if not job.idempotency_keys:
+        return None
+    session = _session_id()
+    return (f"{session}-{n}" for n in itertools.count(1))
 
 
 def rpc_error_kind(error: ReplogClientError) -> str:
@@ -208,7 +234,10 @@ async def _rpc_clients(job: Job, stack: contextlib.AsyncExitStack) -> list[Clien
         connections: list[RpcClient] = []
         for _ in range(min(job.connections, clients)):
             connection = await RpcClient.connect(
-                address, timeout_s=job.workload.timeout_s, retry_timeout_s=0.0
+                address,
+                timeout_s=job.workload.timeout_s,
+                retry_timeout_s=0.0,
+                session_id=_session_id() if job.idempotency_keys else None,
             )
             stack.push_async_callback(connection.close)
             connections.append(connection)

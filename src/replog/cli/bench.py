@@ -130,6 +130,13 @@ def _print_table(report: Report) -> None:
     "clients share them, round-robin.",
 )
 @click.option(
+    "--idempotency-keys/--no-idempotency-keys",
+    default=False,
+    show_default=True,
+    help="Give every put an idempotency key, as the Python clients do (--target replog "
+    "only): each node then also checks and remembers it.",
+)
+@click.option(
     "--workload",
     "-w",
     "name",
@@ -297,6 +304,7 @@ def _config(options: dict[str, Any]) -> BenchConfig:
             leader_wait_s=options["leader_wait_s"],
             protocol=options["protocol"],
             connections_per_process=options["connections_per_process"],
+            idempotency_keys=options["idempotency_keys"],
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
