@@ -257,8 +257,7 @@ class _Proposal:
     waiter: asyncio.Future[object] | _Callback  # receives the outcome
     deadline: float  # on the loop's clock
     idempotent: bool = False  # may be proposed again (see ``Node.propose``)
-    proposed: bool = False
-    copies: int = 0  # how many times the core took it
+    copies: int = 0  # how many times the core took it (0: not proposed yet)
     term: int = 0  # the term in which it last took it
 
 
@@ -573,7 +572,7 @@ class Node:
             return
         self.metrics.proposals_failed.inc()
         error: ReplogError
-        if proposal.proposed:
+        if proposal.copies:
             error = UnknownOutcome(
                 "the write was proposed but did not commit in time; it may still apply"
             )
@@ -853,7 +852,6 @@ class Node:
                     continue
                 proposal.waiter.set_exception(Unavailable(str(error)))
                 continue
-            proposal.proposed = True
             proposal.copies, proposal.term = 1, raft.term
             if not proposal.idempotent:
                 proposal.data = b""  # the core holds it now
@@ -1225,7 +1223,7 @@ class Node:
             if not proposal.waiter.done():
                 proposal.waiter.set_exception(
                     UnknownOutcome(f"{error}; the write may still apply")
-                    if proposal.proposed
+                    if proposal.copies
                     else error
                 )
         batches = [*waiting.reads, *waiting.reads_by_context.values()]
