@@ -337,6 +337,68 @@ async def test_snapshots_bound_the_log_and_restore_on_restart(tmp_path: Path) ->
         await again.stop()
 
 
+class GatedRestores(Register):
+    """Loads a snapshot (on the caller's thread) only once ``release`` is set."""
+
+    def __init__(self, loading: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self._loading, self._release = loading, release
+
+    def snapshot_restorer(self, data: memoryview) -> Callable[[], None]:
+        self._loading.set()
+        assert self._release.wait(10), "loaded on the event loop, which the test then waits for"
+        items = bytes(data).split(b"\n") if data else []
+
+        def install() -> None:
+            self.items = items
+
+        return install
+
+
+async def test_a_follower_loads_a_snapshot_off_its_event_loop(tmp_path: Path) -> None:
+    """A follower far behind gets the leader's snapshot. Loading a large state takes long, and
+    its loop must go on meanwhile (this test runs on that loop); nothing is applied until the
+    loaded state is installed."""
+    loading, release = threading.Event(), threading.Event()
+    options = replace(FAST, snapshot_entries=50, snapshot_keep_entries=10)
+    nodes = make_nodes(tmp_path, 3, options)
+    peers = {node.name: f"127.0.0.1:{node._listen_peer[1]}" for node in nodes}
+    for node in nodes:
+        await node.start()
+    leader = await leader_of(nodes)
+    behind = next(node for node in nodes if node is not leader)
+    again = Node(
+        GatedRestores(loading, release),
+        name=behind.name,
+        data_dir=str(tmp_path / behind.name),
+        peers=peers,
+        options=options,
+    )
+    try:
+        await behind.stop(transfer=False)
+        for i in range(400):  # more than the leader holds in flight for an absent follower
+            await leader.propose(b"%d" % i)
+        assert leader.status().snapshot_index >= 300
+        await again.start()
+        async with asyncio.timeout(5):
+            while not loading.is_set():
+                await asyncio.sleep(0.01)
+        during = list(machine(again).items)  # what it applied from appends held for it
+        await asyncio.sleep(0.1)  # the loop runs; the driver waits for the load
+        assert machine(again).items == during
+        release.set()
+        async with asyncio.timeout(5):
+            while len(machine(again).items) < 400:
+                await asyncio.sleep(0.01)
+        assert machine(again).items == [b"%d" % i for i in range(400)]
+        assert again.status().snapshot_index >= 300
+    finally:
+        release.set()
+        for node in [*nodes, again]:
+            if not node.stopped:
+                await node.stop(transfer=False)
+
+
 async def test_the_log_kept_behind_a_snapshot_is_bounded_in_bytes(tmp_path: Path) -> None:
     options = replace(
         FAST, snapshot_entries=50, snapshot_keep_entries=40, snapshot_keep_bytes=10_000

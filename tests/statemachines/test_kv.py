@@ -599,7 +599,18 @@ def busy_store() -> KVStore:
     return store
 
 
-def test_restore_of_a_snapshot_gives_the_same_state() -> None:
+# Images are loaded a chunk of items at a time; small chunks put every check across a
+# boundary (order, repeats and current kvs of the history looked up in earlier chunks).
+CHUNK_ITEMS = [1, 2, 3, IMAGE_CHUNK_ITEMS]
+
+
+@pytest.fixture(params=CHUNK_ITEMS)
+def chunk_items(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(kv_module, "IMAGE_CHUNK_ITEMS", request.param)
+    return int(request.param)
+
+
+def test_restore_of_a_snapshot_gives_the_same_state(chunk_items: int) -> None:
     store = busy_store()
     image = store.snapshot()
     copy = KVStore(KVLimits(history_events_max=5))
@@ -632,7 +643,7 @@ def test_restore_refuses_garbage_and_keeps_the_state() -> None:
     assert store.snapshot() == before
 
 
-def test_restore_refuses_an_inconsistent_image() -> None:
+def test_restore_refuses_an_inconsistent_image(chunk_items: int) -> None:
     good = msgspec.msgpack.decode(busy_store().snapshot(), type=KVImage)
     kv = KeyValue(b"0", b"", 1, 1, 1)
     event = Event("put", KeyValue(b"x", b"", 1, 99, 1))
@@ -644,7 +655,9 @@ def test_restore_refuses_an_inconsistent_image() -> None:
         {"kvs": [KeyValue(b"a", b"", 5, 4, 1)]},  # create after mod
         {"kvs": [KeyValue(b"", b"", 1, 1, 1)]},
         {"kvs": [KeyValue(b"a", b"", 1, good.revision + 1, 1)]},
+        {"kvs": [*good.kvs[:2], good.kvs[1], *good.kvs[2:]]},  # repeated
         {"idempotency": [*good.idempotency, good.idempotency[0]]},
+        {"idempotency": [*good.idempotency[1:], good.idempotency[0]]},  # out of time order
         {"history": [*good.history, event]},
         {"history": [Event("put", KeyValue(b"a", b"", 1, 1, 1))]},  # before compact_revision
         {"history": [Event("move", good.history[-1].kv)]},
@@ -653,6 +666,54 @@ def test_restore_refuses_an_inconsistent_image() -> None:
         bad = msgspec.msgpack.encode(msgspec.structs.replace(good, **change))
         with pytest.raises(InvalidSnapshot):
             KVStore().restore(bad)
+
+
+def test_a_restorer_loads_apart_and_installs_at_once() -> None:
+    image = busy_store().snapshot()
+    store = KVStore()
+    put(store, b"other")
+    before = store.snapshot()
+    install = store.snapshot_restorer(memoryview(image))
+    assert store.snapshot() == before  # loading neither reads nor changes the live state
+    put(store, b"later")  # and may run while the store goes on (what it applies is replaced)
+    install()
+    assert store.snapshot() == image
+    with pytest.raises(InvalidSnapshot):
+        store.snapshot_restorer(image[:-3])
+    assert store.snapshot() == image
+
+
+def test_a_background_load_rests_after_each_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As for encoding: on the loading thread, resting as long as each chunk took leaves the
+    # event loop at least half of the GIL; restore(), run where the caller likes, never rests.
+    store = KVStore()
+    for i in range(2 * IMAGE_CHUNK_ITEMS + 1):
+        put(store, b"k%06d" % i)
+    image = store.snapshot()
+    rests: list[float] = []
+    chunks: list[int] = []
+    decoders = dict(kv_module._item_decoders)
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def decode(self, data: bytes) -> list[object]:
+            items: list[object] = decoders[self.name].decode(data)
+            chunks.append(len(items))
+            return items
+
+    monkeypatch.setattr(kv_module, "_rest", rests.append)
+    KVStore().restore(image)
+    assert not rests
+    for name in decoders:
+        monkeypatch.setitem(kv_module._item_decoders, name, Recording(name))
+    copy = KVStore()
+    copy.snapshot_restorer(image)()
+    assert copy.snapshot() == image
+    assert max(chunks) <= IMAGE_CHUNK_ITEMS
+    assert len(rests) == len(chunks) > 2 * 2  # keys, history (an event per put)
+    assert all(rest >= 0 for rest in rests)
 
 
 def image_of(store: KVStore) -> KVImage:

@@ -73,7 +73,16 @@ class NodeSnapshot(msgspec.Struct, frozen=True):
 
 _CONTEXT_DECODER = msgspec.json.Decoder(ChangeContext)
 _RECORD_DECODER = msgspec.json.Decoder(ClientRecord)
-_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(NodeSnapshot)
+
+
+class _NodeSnapshotView(msgspec.Struct, frozen=True):
+    """``NodeSnapshot`` decoded without copying the machine's bytes."""
+
+    members: tuple[MemberInfo, ...]
+    machine: memoryview
+
+
+_SNAPSHOT_VIEW_DECODER = msgspec.msgpack.Decoder(_NodeSnapshotView)
 
 
 def encode_context(context: ChangeContext) -> bytes:
@@ -122,12 +131,13 @@ def _bin_header(length: int) -> bytes:
     return b"\xc6" + length.to_bytes(4, "big")
 
 
-def unwrap_snapshot(data: bytes) -> tuple[tuple[MemberInfo, ...], bytes]:
-    """(registry, machine bytes); a snapshot written without a registry is all machine."""
+def unwrap_snapshot(data: bytes) -> tuple[tuple[MemberInfo, ...], memoryview]:
+    """(registry, machine bytes); a snapshot written without a registry is all machine. The
+    machine bytes are a view into ``data``: copying a large image would hold the GIL."""
     if not data.startswith(SNAPSHOT_MAGIC):
-        return (), data
+        return (), memoryview(data)
     try:
-        snapshot = _SNAPSHOT_DECODER.decode(memoryview(data)[len(SNAPSHOT_MAGIC) :])
+        snapshot = _SNAPSHOT_VIEW_DECODER.decode(memoryview(data)[len(SNAPSHOT_MAGIC) :])
     except msgspec.DecodeError as error:
         raise ValueError(f"damaged node snapshot: {error}") from None
     return snapshot.members, snapshot.machine

@@ -12,7 +12,8 @@ appends to an inbox and sets the ``_wake`` event. Each round of the driver:
    write + one fsync, on a storage thread, so the loop keeps accepting requests that batch into
    the next Ready; skipped when only the commit index changed), sends the other messages (then
    yields the CPU: the leader waiting for an acknowledgement should not wait for a core while
-   this node applies), restores a snapshot if it carries one, applies the committed entries in
+   this node applies), restores a snapshot if it carries one (a large state loads on another
+   thread, the driver waiting for it while the loop goes on), applies the committed entries in
    order, serves the read states whose index is applied, and calls ``advance``: the Ready
    contract of the core. Committed entries that an earlier Ready already stored are applied
    before this Ready's fsync instead (they are durable here and on a quorum), so their callers
@@ -415,7 +416,7 @@ class Node:
         raft = RaftNode(self.options.raft_config(self.node_id), membership, rng, state)
         self._raft = raft
         if state.snapshot is not None:
-            self._restore(state.snapshot.data)
+            await self._restore(state.snapshot.data)
             self._snapshot_index = state.snapshot.meta.index
             self._snapshot_bytes = len(state.snapshot.data)
         self._learn_entries(state.entries)
@@ -938,7 +939,7 @@ class Node:
                 yield_cpu()
             self._count_persist(ready)
         if ready.snapshot is not None:
-            self._restore(ready.snapshot.data)
+            await self._restore(ready.snapshot.data)
             self._snapshot_index = ready.snapshot.meta.index
             self._snapshot_bytes = len(ready.snapshot.data)
         if not applied_early:
@@ -1032,10 +1033,19 @@ class Node:
 
     # ---- membership plumbing -------------------------------------------------------------------
 
-    def _restore(self, data: bytes) -> None:
+    async def _restore(self, data: bytes) -> None:
+        """Install a snapshot: the member registry, then the machine's state. A machine that
+        offers ``snapshot_restorer`` loads a large state on the encoder's thread (after any
+        encoding in progress there), so the loop goes on serving while the driver waits."""
         members, machine_data = unwrap_snapshot(data)
         self._registry.learn_snapshot(members)
-        self.machine.restore(machine_data)
+        restorer = getattr(self.machine, "snapshot_restorer", None)
+        if restorer is None:
+            self.machine.restore(bytes(machine_data))
+            return
+        loop = asyncio.get_running_loop()
+        install = await loop.run_in_executor(self._encoder, restorer, machine_data)
+        install()
 
     def _learn_entries(self, entries: Sequence[Entry]) -> None:
         """Learn member descriptions from CONFIG entries as soon as they are in the log."""

@@ -12,7 +12,10 @@ Optionally, a machine with a large state may also offer ``snapshot_encoder() -> 
 bytes]``: capture the state cheaply now and return a function that encodes that capture (the
 same bytes ``snapshot`` would give) without reading the live state. A ``Node`` then encodes and
 writes snapshots on another thread while it goes on applying; with ``snapshot`` alone, the
-encoding runs on the event loop. ``KVStore`` offers it.
+encoding runs on the event loop. Likewise ``snapshot_restorer(data) -> Callable[[], None]``:
+decode and check an image without touching the live state, and return a function that installs
+it at once; a ``Node`` runs the decoding on that other thread (while its event loop goes on)
+and only the install on the loop. ``KVStore`` offers both.
 """
 
 from __future__ import annotations
