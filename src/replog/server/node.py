@@ -416,7 +416,7 @@ class Node:
         raft = RaftNode(self.options.raft_config(self.node_id), membership, rng, state)
         self._raft = raft
         if state.snapshot is not None:
-            await self._restore(state.snapshot.data)
+            await self._restore(state.snapshot.data, starting=True)
             self._snapshot_index = state.snapshot.meta.index
             self._snapshot_bytes = len(state.snapshot.data)
         self._learn_entries(state.entries)
@@ -1033,14 +1033,15 @@ class Node:
 
     # ---- membership plumbing -------------------------------------------------------------------
 
-    async def _restore(self, data: bytes) -> None:
-        """Install a snapshot: the member registry, then the machine's state. A machine that
-        offers ``snapshot_restorer`` loads a large state on the encoder's thread (after any
-        encoding in progress there), so the loop goes on serving while the driver waits."""
+    async def _restore(self, data: bytes, *, starting: bool = False) -> None:
+        """Install a snapshot: the member registry, then the machine's state. A running node
+        whose machine offers ``snapshot_restorer`` loads it on the encoder's thread (after any
+        encoding in progress there), so the loop goes on serving while the driver waits. A
+        starting node serves nothing yet: it restores at full speed."""
         members, machine_data = unwrap_snapshot(data)
         self._registry.learn_snapshot(members)
         restorer = getattr(self.machine, "snapshot_restorer", None)
-        if restorer is None:
+        if restorer is None or starting:
             self.machine.restore(bytes(machine_data))
             return
         loop = asyncio.get_running_loop()
