@@ -727,6 +727,8 @@ def load_image(data: bytes | memoryview, pace: bool = False) -> _Loaded:
     except msgspec.DecodeError as exc:
         raise InvalidSnapshot(f"malformed KV snapshot image: {exc}") from None
     problem = _header_problem(raw)
+    if problem is not None:
+        raise _inconsistent(problem)
     loaded = _Loaded(raw)
     adders: dict[str, Callable[[list[Any]], str | None]] = {
         "kvs": loaded.add_kvs,
@@ -736,20 +738,22 @@ def load_image(data: bytes | memoryview, pace: bool = False) -> _Loaded:
     for name, add in adders.items():
         decoder = _item_decoders[name]
         for chunk in _chunks(getattr(raw, name), _raw_bytes, IMAGE_CHUNK_ITEMS, IMAGE_CHUNK_BYTES):
-            if problem is not None:
-                break
             started = time.perf_counter()
             try:
                 items = decoder.decode(b"".join([_array_header(len(chunk)), *chunk]))
             except msgspec.DecodeError as exc:
                 raise InvalidSnapshot(f"malformed KV snapshot image: {exc}") from None
             problem = add(items)
+            if problem is not None:
+                raise _inconsistent(problem)
             if pace:
                 _rest(time.perf_counter() - started)
-    if problem is not None:
-        raise InvalidSnapshot(f"inconsistent KV snapshot image: {problem}")
     loaded.sorted_keys, loaded.keys = SortedList(loaded.keys), []
     return loaded
+
+
+def _inconsistent(problem: str) -> InvalidSnapshot:
+    return InvalidSnapshot(f"inconsistent KV snapshot image: {problem}")
 
 
 def _raw_bytes(items: list[msgspec.Raw]) -> Iterable[int]:
