@@ -392,6 +392,8 @@ async def test_a_follower_loads_a_snapshot_off_its_event_loop(tmp_path: Path) ->
                 await asyncio.sleep(0.01)
         assert machine(again).items == [b"%d" % i for i in range(400)]
         assert again.status().snapshot_index >= 300
+        installs = "replog_server_snapshot_install_duration_seconds_count"
+        assert (again.metrics.registry.get_sample_value(installs) or 0) >= 1
     finally:
         release.set()
         for node in [*nodes, again]:

@@ -42,6 +42,12 @@ class Metrics:
         self.snapshots = Counter(
             "replog_server_snapshots", "Snapshots taken of the state machine", registry=r
         )
+        self.snapshot_install_seconds = Histogram(
+            "replog_server_snapshot_install_duration_seconds",
+            "Time to install a snapshot sent by the leader, loading the state included",
+            buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
         self.fsync_seconds = Histogram(
             "replog_disk_wal_fsync_duration_seconds",
             "Time to make one Ready batch durable (write + fsync)",

@@ -939,9 +939,7 @@ class Node:
                 yield_cpu()
             self._count_persist(ready)
         if ready.snapshot is not None:
-            await self._restore(ready.snapshot.data)
-            self._snapshot_index = ready.snapshot.meta.index
-            self._snapshot_bytes = len(ready.snapshot.data)
+            await self._install_snapshot(ready.snapshot)
         if not applied_early:
             self._apply(ready)
         for read_state in ready.read_states:
@@ -1032,6 +1030,22 @@ class Node:
         self._was_member = member
 
     # ---- membership plumbing -------------------------------------------------------------------
+
+    async def _install_snapshot(self, snapshot: Snapshot) -> None:
+        """Install a snapshot the leader sent (the core has already taken it)."""
+        started = time.monotonic()
+        await self._restore(snapshot.data)
+        self._snapshot_index = snapshot.meta.index
+        self._snapshot_bytes = len(snapshot.data)
+        took = time.monotonic() - started
+        self.metrics.snapshot_install_seconds.observe(took)
+        log.info(
+            "node %s: installed the leader's snapshot at index %d (%d bytes) in %.3f s",
+            self.name,
+            snapshot.meta.index,
+            len(snapshot.data),
+            took,
+        )
 
     async def _restore(self, data: bytes, *, starting: bool = False) -> None:
         """Install a snapshot: the member registry, then the machine's state. A running node
