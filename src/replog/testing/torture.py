@@ -57,7 +57,7 @@ FAKETIME_LIBS = (
 )
 TIMING = (
     "--tick-ms", "10", "--heartbeat-ms", "50", "--election-timeout-ms", "500",
-    "--snapshot-entries", "2000", "--snapshot-keep-entries", "500",
+    "--snapshot-entries", "500", "--snapshot-keep-entries", "50",
     "--request-timeout-ms", "3000",
 )  # fmt: skip
 CLIENT_TIMEOUT_S = 2.0
