@@ -384,7 +384,7 @@ async def test_a_follower_loads_a_snapshot_off_its_event_loop(tmp_path: Path) ->
             while not loading.is_set():
                 await asyncio.sleep(0.01)
         during = list(machine(again).items)  # what it applied from appends held for it
-        await asyncio.sleep(0.1)  # the loop runs; the driver waits for the load
+        await asyncio.sleep(0.5)  # the loop runs; the driver waits, past an election timeout
         assert machine(again).items == during
         release.set()
         async with asyncio.timeout(5):
@@ -394,6 +394,10 @@ async def test_a_follower_loads_a_snapshot_off_its_event_loop(tmp_path: Path) ->
         assert again.status().snapshot_index >= 300
         installs = "replog_server_snapshot_install_duration_seconds_count"
         assert (again.metrics.registry.get_sample_value(installs) or 0) >= 1
+        # It heard the leader all through the load: the time that passed must not count as
+        # silence (it would campaign, and lose the leader it had).
+        changes = "replog_server_leader_changes_seen_total"
+        assert again.metrics.registry.get_sample_value(changes) == 1
     finally:
         release.set()
         for node in [*nodes, again]:

@@ -5,8 +5,10 @@ a ``PeerTransport`` and the application's ``StateMachine``. Exactly one task, th
 touches the core. Everything else (the transport's reader, HTTP handlers, the tick timer) only
 appends to an inbox and sets the ``_wake`` event. Each round of the driver:
 
-1. steps the inbound messages, runs the ticks that are due (as many as the monotonic clock
-   says, so a stalled loop never makes time run slow for the lease), hands over the waiting
+1. steps the inbound messages, each after the ticks due by its arrival, then runs the ticks
+   due by now (as many as the monotonic clock says, so a stalled loop never makes time run
+   slow for the lease, and a driver that waited for the disk or for a snapshot to load while
+   the loop read the leader's messages did not hear silence), hands over the waiting
    proposals and read requests (all reads of one round share one ReadIndex);
 2. while the core has a Ready: sends the leader's appends and heartbeats, persists it (one
    write + one fsync, on a storage thread, so the loop keeps accepting requests that batch into
@@ -372,7 +374,7 @@ class Node:
         self._snapshotting: asyncio.Task[Snapshot] | None = None
         self._wake = asyncio.Event()
         self._completions = Completions()
-        self._inbox: list[Message] = []
+        self._inbox: list[tuple[float, Message]] = []  # (when it arrived, monotonic)
         self._waiting = _Waiting()
         self._applied: asyncio.Event | None = None  # made by the first waiter, set by an apply
         self._ids_counter = itertools.count(1)
@@ -771,11 +773,11 @@ class Node:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
-                # Messages that arrived during a stall first (a follower hears the leader
-                # before its clock says the leader is gone), then the time that passed, then
-                # the requests (a lease read is judged after every elapsed tick is counted).
+                # Each message at the tick it arrived (a follower that heard the leader all
+                # through a stall did not hear silence), then the rest of the time that passed,
+                # then the requests (a lease read is judged after every elapsed tick counts).
                 self._step_inbox(raft)
-                self._run_ticks(raft)
+                self._run_ticks(raft, time.monotonic())
                 self._hand_over_proposals(raft)
                 self._maybe_propose_again(raft)
                 self._hand_over_reads(raft)
@@ -804,9 +806,8 @@ class Node:
         self._expire_proposals(loop.time())
         self._wake.set()
 
-    def _run_ticks(self, raft: RaftNode) -> None:
-        """Tick once per tick interval that has passed, measured against a monotonic clock."""
-        now = time.monotonic()
+    def _run_ticks(self, raft: RaftNode, now: float) -> None:
+        """Tick once per tick interval that has passed by ``now`` (monotonic clock)."""
         due = int((now - self._ticked_to) / self._tick_s)
         if due <= 0:
             return
@@ -815,9 +816,9 @@ class Node:
         self._ticked_to += due * self._tick_s
 
     def _on_message(self, message: Message) -> None:
-        self._membership.heard_at[message.sender] = time.monotonic()
+        now = self._membership.heard_at[message.sender] = time.monotonic()
         if len(self._inbox) < INBOX_MESSAGES_MAX:
-            self._inbox.append(message)
+            self._inbox.append((now, message))
         else:
             self.metrics.inbox_drops.inc()  # Raft tolerates loss; memory stays bounded
         self._wake.set()
@@ -827,7 +828,8 @@ class Node:
 
     def _step_inbox(self, raft: RaftNode) -> None:
         inbox, self._inbox = self._inbox, []
-        for message in inbox:
+        for arrived, message in inbox:
+            self._run_ticks(raft, arrived)
             raft.step(message)
 
     def _hand_over_proposals(self, raft: RaftNode) -> None:
