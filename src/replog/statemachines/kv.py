@@ -657,25 +657,22 @@ class _Loaded:
         self.revision = image.revision
         self.compact_revision = image.compact_revision
         self.now_ms = image.now_ms
-        self.kvs: dict[bytes, KeyValue] = {}
-        self.keys: list[bytes] = []  # in order; ``sorted_keys`` once all are loaded
-        self.sorted_keys = SortedList()
+        self.kvs: dict[bytes, KeyValue] = {}  # in key order (checked)
+        self.sorted_keys = SortedList()  # the same keys, once all are loaded
+        self.last_key = b""
         self.idempotency: OrderedDict[str, IdempotencyEntry] = OrderedDict()
         self.idempotency_bytes = 0
         self.history: list[Event] = []
         self.history_bytes = 0
 
     def add_kvs(self, kvs: list[KeyValue]) -> str | None:
-        previous = self.keys[-1] if self.keys else b""
         for kv in kvs:
-            if not kv.key or kv.key <= previous:
+            if not kv.key or kv.key <= self.last_key:
                 return f"key {kv.key!r} is empty or out of order"
             if not 1 <= kv.create_revision <= kv.mod_revision <= self.revision or kv.version < 1:
                 return f"key {kv.key!r} has inconsistent revisions or version"
-            previous = kv.key
-        keys = list(map(_KEY, kvs))
-        self.keys += keys
-        self.kvs.update(zip(keys, kvs, strict=True))
+            self.last_key = kv.key
+        self.kvs.update(zip(map(_KEY, kvs), kvs, strict=True))
         return None
 
     def add_idempotency(self, entries: list[IdempotencyEntry]) -> str | None:
@@ -748,7 +745,7 @@ def load_image(data: bytes | memoryview, pace: bool = False) -> _Loaded:
                 raise _inconsistent(problem)
             if pace:
                 _rest(time.perf_counter() - started)
-    loaded.sorted_keys, loaded.keys = SortedList(loaded.keys), []
+    loaded.sorted_keys = SortedList(loaded.kvs)
     return loaded
 
 
