@@ -261,6 +261,25 @@ async def test_idempotency_key_reused_for_another_write(single: Served) -> None:
     conn.close()
 
 
+async def test_a_connection_over_the_limit_is_refused_as_unavailable(single: Served) -> None:
+    single.rpc.client_connections.limit = 1
+    first = await greeted(single.port)
+    over = await Conn.open(single.port, protocol.Hello(protocol.VERSION, "test"))
+    failure = await over.receive()  # in place of Welcome
+    assert isinstance(failure, protocol.Failure) and failure.code == "unavailable"
+    assert "client_connections_max" in failure.message
+    assert await over.closed()
+    assert single.rpc.client_connections.refused == 1
+    first.close()
+    async with asyncio.timeout(5):
+        while single.rpc.client_connections.open:
+            await asyncio.sleep(0.01)
+    again = await greeted(single.port)  # the closed connection's place is free again
+    again.send(put(1, b"k", b"v"))
+    assert isinstance(await again.receive(), protocol.Reply)
+    again.close()
+
+
 @pytest.mark.parametrize(
     ("hello", "problem"),
     [

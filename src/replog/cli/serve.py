@@ -106,6 +106,13 @@ _OPTIONS = [
     _flag("--key-bytes-max", "BYTES", "Largest key. [default: 4096]"),
     _flag("--value-bytes-max", "BYTES", "Largest value. [default: 1048576]"),
     _flag("--request-bytes-max", "BYTES", "Largest request body. [default: 2097152]"),
+    _flag(
+        "--client-connections-max",
+        "N",
+        "Client connections (HTTP and binary protocol together) open at once; one more is "
+        "answered 'unavailable' and closed. Lowered if need be to keep 384 of the open files "
+        "limit for the node's own files and peers. [default: 10000]",
+    ),
     _flag("--log-level", "LEVEL", "debug, info, warning or error. [default: info]"),
     _flag(
         "--event-loop",

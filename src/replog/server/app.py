@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,13 @@ from typing import Any
 from aiohttp import web
 
 from replog.server.config import Address, ServerConfig, parse_address
+from replog.server.connections import (
+    ClientConnections,
+    LimitedSite,
+    client_connections_limit,
+    http_refusal,
+    raise_open_files_limit,
+)
 from replog.server.http import Api, ApiOptions, make_app
 from replog.server.node import Node, NodeOptions
 from replog.server.rpc import LISTEN_BACKLOG, RpcServer
@@ -51,6 +59,7 @@ def run(config: ServerConfig) -> int:
         stream=sys.stderr,
     )
     tune_garbage_collector()
+    raise_open_files_limit()
     return _event_loop_runner(config.event_loop)(serve(config))
 
 
@@ -123,8 +132,14 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, config.listen_client.host, config.listen_client.port, backlog=LISTEN_BACKLOG
+    connections = _client_connections(config, node)
+    site = LimitedSite(
+        runner,
+        config.listen_client.host,
+        config.listen_client.port,
+        connections=connections,
+        refusal=lambda: http_refusal(api.header, connections),
+        backlog=LISTEN_BACKLOG,
     )
     try:
         await site.start()
@@ -133,7 +148,7 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
         await node.stop(transfer=False)
         await runner.cleanup()
         return 1
-    rpc = RpcServer(api)
+    rpc = RpcServer(api, connections)
     if config.listen_rpc is not None:
         try:
             await rpc.start(config.listen_rpc.host, config.listen_rpc.port)
@@ -160,6 +175,28 @@ async def serve(config: ServerConfig, started: asyncio.Event | None = None) -> i
     await runner.cleanup()
     log.info("node %s stopped", config.name)
     return code
+
+
+def _client_connections(config: ServerConfig, node: Node) -> ClientConnections:
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit, refusing = client_connections_limit(config.client_connections_max, open_files)
+    if limit < config.client_connections_max:
+        log.warning(
+            "node %s: at most %d client connections (client_connections_max is %d, but the "
+            "open files limit is %d); raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+            config.name,
+            limit,
+            config.client_connections_max,
+            open_files,
+        )
+    connections = ClientConnections(
+        limit,
+        config.name,
+        refusing_max=refusing,
+        on_refused=node.metrics.client_connections_refused.inc,
+    )
+    node.metrics.client_connections.set_function(lambda: connections.open)
+    return connections
 
 
 def _advertised_rpc(config: ServerConfig) -> str | None:

@@ -116,6 +116,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     key_bytes_max: int = 4096
     value_bytes_max: int = 1 << 20
     request_bytes_max: int = 2 << 20
+    client_connections_max: int = 10_000
     log_level: str = "info"
     event_loop: str = "auto"
 
@@ -295,6 +296,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "key_bytes_max": (1, 1 << 20),
     "value_bytes_max": (1, 16 << 20),
     "request_bytes_max": (1, 16 << 20),
+    "client_connections_max": (1, 1_000_000),
 }
 _TEXT_FIELDS = (
     "name",

@@ -95,6 +95,16 @@ class Metrics:
             "Inbound messages dropped: the inbox was full",
             registry=r,
         )
+        self.client_connections = Gauge(
+            "replog_server_client_connections",
+            "Client connections open (HTTP and binary protocol)",
+            registry=r,
+        )
+        self.client_connections_refused = Counter(
+            "replog_server_client_connections_refused",
+            "Client connections refused: client_connections_max were open",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,6 +34,7 @@ import msgspec
 
 from replog import protocol
 from replog.errors import Unavailable
+from replog.server.connections import CONNECTIONS_DEFAULT, ClientConnections, Refusal
 from replog.server.http import Api, ApiError, api_error_of
 from replog.statemachines import GetResult
 
@@ -56,8 +57,10 @@ _LENGTH_ROOM = bytes(protocol.LENGTH.size)  # replaced by the body's length once
 class RpcServer:
     """Serves ``replog.protocol`` on one address, with the handlers of ``api``."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, connections: ClientConnections | None = None) -> None:
         self.api = api
+        default = ClientConnections(CONNECTIONS_DEFAULT, api.node.name)
+        self.client_connections = connections or default
         self.frame_bytes_max = api.options.request_bytes_max + protocol.FRAME_OVERHEAD_BYTES
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -66,9 +69,18 @@ class RpcServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=LISTEN_BACKLOG
-        )
+        self._server = await loop.create_server(self._accept, host, port, backlog=LISTEN_BACKLOG)
+
+    def _accept(self) -> asyncio.Protocol:
+        if self.client_connections.admit():
+            return _Connection(self)  # released by its connection_lost
+        return Refusal(self.client_connections, self._refusal)
+
+    def _refusal(self) -> bytes:
+        """The frame that refuses a connection over the limit: a ``Failure`` where the client
+        expects ``Welcome`` (the client library reports the handshake refused)."""
+        message = self.client_connections.refusal_message()
+        return frame_of(protocol.Failure(0, "unavailable", message, self.header()))
 
     def stop_taking(self) -> None:
         """Take no new requests: the listener closes, and a request that arrives on an open
@@ -164,6 +176,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
+        self.server.client_connections.release()
         for task in self.reads:
             task.cancel()  # reads nobody is left to answer (writes go on: they may commit)
         self.transport = None
@@ -294,12 +307,7 @@ class _Connection(asyncio.Protocol):
         self._add_frame(message)
 
     def _add_frame(self, message: protocol.NodeMessage) -> None:
-        """Encode ``message`` as a frame at the end of ``out``, without a copy."""
-        out = self.out
-        start = len(out)
-        out += _LENGTH_ROOM
-        _ENCODER.encode_into(message, out, -1)
-        protocol.LENGTH.pack_into(out, start, len(out) - start - protocol.LENGTH.size)
+        _append_frame(self.out, message)
 
     def _flush(self) -> None:
         out, self.out = self.out, bytearray()
@@ -357,3 +365,17 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _append_frame(out: bytearray, message: protocol.NodeMessage) -> None:
+    """Encode ``message`` as a frame at the end of ``out``, without a copy."""
+    start = len(out)
+    out += _LENGTH_ROOM
+    _ENCODER.encode_into(message, out, -1)
+    protocol.LENGTH.pack_into(out, start, len(out) - start - protocol.LENGTH.size)
+
+
+def frame_of(message: protocol.NodeMessage) -> bytes:
+    out = bytearray()
+    _append_frame(out, message)
+    return bytes(out)
