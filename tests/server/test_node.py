@@ -549,3 +549,26 @@ def test_proposal_deadlines_expire_never_early_and_at_most_one_slot_late(
         slot_s = 1 / _Deadlines.SLOTS_PER_S
         assert {k for k, d in enumerate(deadlines) if d <= now - slot_s} <= set(taken)
     assert len(taken) == len(set(taken))  # each once
+
+
+async def test_the_requests_a_node_holds_are_bounded_reads_included(tmp_path: Path) -> None:
+    """Without a quorum nothing completes, and a node holds what it was asked until the
+    deadlines: at most ``pending_requests_max`` writes and reads together. The next request
+    is refused at once as unavailable. Reads used to count once per batch, however many
+    callers waited in it, so they had no bound."""
+    options = replace(FAST, pending_requests_max=4, request_timeout_ms=3000)
+    node = make_nodes(tmp_path, 3, options)[0]  # the other two never start: no leader
+    await node.start()
+    held = [node.submit(b"w1"), node.submit(b"w2")]
+    reads = [asyncio.create_task(node.read_barrier()) for _ in range(2)]
+    await asyncio.sleep(0.05)  # the reads are waiting now
+    with pytest.raises(Unavailable, match="too many requests"):
+        await node.read_barrier()
+    with pytest.raises(Unavailable, match="too many requests"):
+        node.submit(b"w3")
+    for waiting in [*held, *reads]:
+        waiting.cancel()
+    await asyncio.gather(*reads, return_exceptions=True)
+    await asyncio.sleep(0.05)  # the driver drops the withdrawn writes
+    node.submit(b"w4").cancel()  # room again once they are gone
+    await node.stop(transfer=False)

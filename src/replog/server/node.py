@@ -144,7 +144,7 @@ class NodeOptions:
     snapshot_keep_entries: int = 1_000
     snapshot_keep_bytes: int = 64 << 20
     max_uncommitted_bytes: int = 64 << 20
-    pending_requests_max: int = 100_000
+    pending_requests_max: int = 100_000  # writes and reads waiting here; more: Unavailable
 
     def raft_config(self, node_id: int) -> RaftConfig:
         return RaftConfig(
@@ -311,9 +311,10 @@ class _Waiting:
     reads: list[_ReadBatch] = field(default_factory=list)  # not yet handed to the core
     reads_by_context: dict[bytes, _ReadBatch] = field(default_factory=dict)
     reads_by_index: list[tuple[int, list[asyncio.Future[int]]]] = field(default_factory=list)
+    readers: int = 0  # callers waiting in read_barrier, wherever their read is
 
     def count(self) -> int:
-        return len(self.proposals) + len(self.by_request) + len(self.reads)
+        return len(self.proposals) + len(self.by_request) + self.readers
 
 
 class Node:
@@ -596,9 +597,11 @@ class Node:
             self._waiting.reads.append(_ReadBatch([future], lease))
         self._wake.set()
         expiry = loop.call_later(self._timeout(timeout_s), _expire_read, future)
+        self._waiting.readers += 1
         try:
             return await future
         finally:
+            self._waiting.readers -= 1
             expiry.cancel()
             future.cancel()
 
