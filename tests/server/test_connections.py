@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from replog.client import RpcClient
+from replog.server import connections as connections_module
 from replog.server.connections import (
     ClientConnections,
     LimitedSite,
@@ -180,3 +181,32 @@ def test_clients_holding_connections_cannot_make_a_node_fail(tmp_path: Path) -> 
             sock.close()
         node.terminate()
         node.wait(timeout=15)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    async with asyncio.timeout(seconds):
+        return await reader.read()
+
+
+async def test_a_connection_that_sends_no_header_in_time_is_closed(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connections_module, "FIRST_REQUEST_S", 0.2)
+    site.connections.limit = 3
+    idle = await asyncio.open_connection("127.0.0.1", site.port)
+    slow = await asyncio.open_connection("127.0.0.1", site.port)
+    slow[1].write(b"GET /hello HTTP/1.1\r\nHost: x\r\n")  # the header never ends
+    spoke = await get(site.port)
+    assert spoke[2] == "HTTP/1.1 200 OK"
+    assert await closed_within(idle[0], 2) == b""
+    assert await closed_within(slow[0], 2) == b""
+    async with asyncio.timeout(2):
+        while site.connections.open > 1:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert not spoke[0].at_eof()  # a client that has spoken may stay idle
+    spoke[1].write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(2):
+        assert (await spoke[0].readline()).endswith(b"HTTP/1.1 200 OK\r\n")  # after a body
+    for _, writer, *_ in (idle, slow, spoke):
+        writer.close()

@@ -16,6 +16,7 @@ import pytest
 
 from replog import protocol
 from replog.client import RpcClient
+from replog.server import rpc as rpc_module
 from replog.server.app import APPLY_LIMITS
 from replog.server.http import Api, ApiOptions
 from replog.server.node import Node, NodeOptions
@@ -278,6 +279,22 @@ async def test_a_connection_over_the_limit_is_refused_as_unavailable(single: Ser
     again.send(put(1, b"k", b"v"))
     assert isinstance(await again.receive(), protocol.Reply)
     again.close()
+
+
+async def test_a_connection_that_sends_no_hello_in_time_is_closed(
+    single: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc_module, "FIRST_REQUEST_S", 0.2)
+    silent = await Conn.open(single.port)
+    spoke = await greeted(single.port)
+    failure = await silent.receive()
+    assert isinstance(failure, protocol.Failure) and failure.code == "invalid_request"
+    assert "no Hello" in failure.message
+    assert await silent.closed()
+    await asyncio.sleep(0.3)
+    spoke.send(put(1, b"k", b"v"))  # a greeted connection may stay idle
+    assert isinstance(await spoke.receive(), protocol.Reply)
+    spoke.close()
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,11 @@ could not be created (``EMFILE``) and the node stopped with a storage failure. S
   ``Failure`` in place of ``Welcome``), and closed. A client retries on another node or later.
   Refusals hold a descriptor only while their answer leaves (for ``REFUSAL_LINGER_S`` at most,
   and only so many at a time, counted in the budget above; beyond that a connection is reset
-  without an answer).
+  without an answer);
+* an admitted connection that has not sent its first request within ``FIRST_REQUEST_S`` (HTTP:
+  the request's whole header; the binary protocol: ``Hello``) is closed, so that connections
+  opened and left idle cannot hold every place. Once a client has spoken, it may keep its
+  connection idle: HTTP's keep-alive timeout (aiohttp's, 75 s) or the client decides.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ CONNECTIONS_DEFAULT = 10_000  # client_connections_max
 RESERVED_FILES = 384
 REFUSING_MAX = 64  # refusals whose answer may be leaving at once
 REFUSAL_LINGER_S = 1.0  # how long a refused connection may take to close after its answer
+# A new connection must have sent its first request by then (HTTP: the request's header; the
+# binary protocol: Hello), or it is closed: idle connections cannot hold the places.
+FIRST_REQUEST_S = 10.0
 
 
 def raise_open_files_limit() -> int:
@@ -138,24 +145,41 @@ class Refusal(asyncio.Protocol):
             self._connections.refusing -= 1
 
 
-class _Counted(asyncio.Protocol):
-    """``inner``, an admitted connection's protocol, released from the count when it ends."""
+class _CountedHttp(asyncio.Protocol):
+    """``inner``, an admitted HTTP connection's protocol, released from the count when it
+    ends, and closed if its first request's header has not arrived by ``FIRST_REQUEST_S``."""
 
-    __slots__ = ("_connections", "_inner")
+    __slots__ = ("_connections", "_inner", "_tail", "_timer")
 
     def __init__(self, inner: asyncio.Protocol, connections: ClientConnections) -> None:
         self._inner = inner
         self._connections = connections
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes received while waiting for the header's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._inner.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(FIRST_REQUEST_S, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.release()
+        self._header_arrived()
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._header_arrived()
+            else:
+                self._tail = seen[-3:]
         self._inner.data_received(data)
+
+    def _header_arrived(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -167,17 +191,17 @@ class _Counted(asyncio.Protocol):
         self._inner.resume_writing()
 
 
-def limited(
+def limited_http(
     make: Callable[[], asyncio.Protocol],
     connections: ClientConnections,
     refusal: Callable[[], bytes],
 ) -> Callable[[], asyncio.Protocol]:
-    """A protocol factory for ``loop.create_server``: ``make()`` for an admitted connection,
-    a refusal that sends ``refusal()`` for one over the limit."""
+    """A protocol factory for ``loop.create_server``: ``make()`` for an admitted HTTP
+    connection, a refusal that sends ``refusal()`` for one over the limit."""
 
     def factory() -> asyncio.Protocol:
         if connections.admit():
-            return _Counted(make(), connections)
+            return _CountedHttp(make(), connections)
         return Refusal(connections, refusal)
 
     return factory
@@ -229,7 +253,7 @@ class LimitedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        factory = limited(server, self._connections, self._refusal)
+        factory = limited_http(server, self._connections, self._refusal)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             factory, self._host, self._port, backlog=self._backlog, reuse_address=True

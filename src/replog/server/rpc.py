@@ -34,7 +34,12 @@ import msgspec
 
 from replog import protocol
 from replog.errors import Unavailable
-from replog.server.connections import CONNECTIONS_DEFAULT, ClientConnections, Refusal
+from replog.server.connections import (
+    CONNECTIONS_DEFAULT,
+    FIRST_REQUEST_S,
+    ClientConnections,
+    Refusal,
+)
 from replog.server.http import Api, ApiError, api_error_of
 from replog.statemachines import GetResult
 
@@ -163,6 +168,7 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.gone = False  # go_away was called: what arrives now is dropped unread
+        self.hello_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -173,10 +179,18 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server._connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.hello_timer = loop.call_later(FIRST_REQUEST_S, self._hello_overdue)
+
+    def _hello_overdue(self) -> None:
+        if not self.greeted:  # it holds one of the node's limited connections for nothing
+            self._fail_and_close("invalid_request", f"no Hello within {FIRST_REQUEST_S:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
         self.server.client_connections.release()
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
         for task in self.reads:
             task.cancel()  # reads nobody is left to answer (writes go on: they may commit)
         self.transport = None
