@@ -12,9 +12,12 @@ Answers are queued on the connection and leave together once per turn of the eve
 answers that one commit completes cost one ``write`` call, not one each. The answer to a
 connection's only request in flight leaves at once: nothing could join it.
 
-Bounds: a connection holds at most ``IN_FLIGHT_MAX`` requests; at that point, or while the
-socket's send buffer is over its high-water mark, the node stops reading from it until answers
-have left (TCP then holds the client back). Frames are at most the request size limit plus
+Bounds: the node holds at most ``client_connections_max`` client connections, the HTTP API's
+included; one more gets a ``Failure`` (``unavailable``) in place of ``Welcome`` and is closed,
+and one that sends no ``Hello`` within ``FIRST_REQUEST_S`` is closed (``connections``). A
+connection holds at most ``IN_FLIGHT_MAX`` requests; at that point, or while the socket's send
+buffer is over its high-water mark, the node stops reading from it until answers have left (TCP
+then holds the client back). Frames are at most the request size limit plus
 ``FRAME_OVERHEAD_BYTES``. A frame over the limit, one that does not decode, or a broken
 handshake is answered with a ``Failure`` and the connection is closed. At close the node
 answers what it read, says ``going_away`` when that covers every request it took, ends its side
@@ -64,8 +67,9 @@ class RpcServer:
 
     def __init__(self, api: Api, connections: ClientConnections | None = None) -> None:
         self.api = api
-        default = ClientConnections(CONNECTIONS_DEFAULT, api.node.name)
-        self.client_connections = connections or default
+        if connections is None:
+            connections = ClientConnections(CONNECTIONS_DEFAULT, api.node.name)
+        self.client_connections = connections  # shared with the HTTP API's
         self.frame_bytes_max = api.options.request_bytes_max + protocol.FRAME_OVERHEAD_BYTES
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
