@@ -89,7 +89,7 @@ class RpcServer:
         """The frame that refuses a connection over the limit: a ``Failure`` where the client
         expects ``Welcome`` (the client library reports the handshake refused)."""
         message = self.client_connections.refusal_message()
-        return frame_of(protocol.Failure(0, "unavailable", message, self.header()))
+        return _frame_of(protocol.Failure(0, "unavailable", message, self.header()))
 
     def stop_taking(self) -> None:
         """Take no new requests: the listener closes, and a request that arrives on an open
@@ -393,7 +393,7 @@ def _append_frame(out: bytearray, message: protocol.NodeMessage) -> None:
     protocol.LENGTH.pack_into(out, start, len(out) - start - protocol.LENGTH.size)
 
 
-def frame_of(message: protocol.NodeMessage) -> bytes:
+def _frame_of(message: protocol.NodeMessage) -> bytes:
     out = bytearray()
     _append_frame(out, message)
     return bytes(out)
